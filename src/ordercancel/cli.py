@@ -1,0 +1,243 @@
+"""The admin command line: `ordercancel serve | db | keys | orders | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from ordercancel import database, service
+from ordercancel.config import ConfigError, Settings
+from ordercancel.domain import Order, PaymentStatus, ProductionStatus
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+class CliError(Exception):
+    """A one-line reason to stop with a non-zero exit."""
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def _engine(settings: Settings, *, must_exist: bool = True) -> Engine:
+    path = settings.sqlite_path()
+    if must_exist and path is not None and not path.exists():
+        raise CliError(f"no database at {path}: run 'ordercancel db upgrade' first")
+    engine = database.create_sync_engine(settings)
+    if must_exist:
+        database.ensure_current(engine)
+    return engine
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    database.upgrade(_engine(settings, must_exist=False))
+    print(f"database at head: {settings.database_url}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    code = service.create_key(_engine(settings), settings.environment, args.name or "")
+    if args.json:
+        _print_json({"apiCode": code, "name": args.name or "", "environment": settings.environment.value})
+    else:
+        print(code)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    service.revoke_key(_engine(settings), settings.environment, args.api_code)
+    print("revoked")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    keys = service.list_keys(_engine(settings), settings.environment)
+    rows = [
+        {
+            "id": key.id,
+            "name": key.name,
+            "createdAt": key.created_at.isoformat(),
+            "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
+        }
+        for key in keys
+    ]
+    if args.json:
+        _print_json({"keys": rows})
+    else:
+        for row in rows:
+            state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
+            print(f"{row['id']}\t{row['name'] or '-'}\t{row['createdAt']}\t{state}")
+    return 0
+
+
+def _show(order: Order, as_json: bool) -> None:
+    fields = service.order_fields(order)
+    if as_json:
+        _print_json(fields)
+    else:
+        for name, value in fields.items():
+            print(f"{name}: {'-' if value is None else value}")
+
+
+def cmd_orders_create(args: argparse.Namespace, settings: Settings) -> int:
+    order = service.create_order(
+        _engine(settings),
+        settings.environment,
+        args.api_code,
+        status=args.status,
+        payment_status=args.payment_status,
+        engineer=args.engineer,
+        number=args.number,
+        order_id=args.order_id,
+    )
+    if args.json:
+        _print_json(service.order_fields(order))
+    else:
+        print(f"{order.order_number} {order.order_id}")
+    return 0
+
+
+def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
+    _show(service.find_order(_engine(settings), args.order), args.json)
+    return 0
+
+
+#: One order for each outcome of the demo: (label, status, payment status, engineer).
+DEMO_ORDERS = [
+    ("cancellable (isCanceled: true)", "Ordered", "PaymentOK", None),
+    ("cancellable, in Processing", "Processing", "PaymentOK", None),
+    ("already cancelled (507)", "Cancelled", "PaymentOK", None),
+    ("not placed correctly (506)", "Draft", "PaymentPending", None),
+    ("production started (508)", "InProduction", "PaymentOK", None),
+    ("claimed by an engineer (509)", "Processing", "PaymentOK", "Ada"),
+]
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(settings)
+    code = service.create_key(engine, settings.environment, "demo")
+    base = f"http://{args.host}:{args.port}"
+    print(f"Demo API code ({settings.environment.value}): {code}\n")
+    print("Orders, one for each outcome:")
+    first = None
+    for label, status, payment, engineer in DEMO_ORDERS:
+        order = service.create_order(
+            engine, settings.environment, code, status=status, payment_status=payment, engineer=engineer
+        )
+        first = first or order
+        print(f"  {order.order_number}  {order.order_id}  {label}")
+    print("  IMC999999  (no such order: 505)\n")
+    assert first is not None
+    print("Cancel by number, JSON in and out:")
+    print(
+        f"  curl -s -X POST {base}/web-api/order/CancelOrderByNumber -H 'apiCode: {code}' "
+        f"-H 'Content-Type: application/json' -H 'Accept: application/json' "
+        f"-d '{{\"orderNumber\": \"{first.order_number}\"}}'\n"
+    )
+    print("Cancel by number, XML in and out (try it after the JSON one: 507):")
+    print(
+        f"  curl -s -X POST {base}/web-api/order/CancelOrderByNumber -H 'apiCode: {code}' "
+        f"-H 'Content-Type: text/xml' -H 'Accept: text/xml' "
+        f"-d '<CancelOrderByNumberRequest><orderNumber>{first.order_number}</orderNumber>"
+        "</CancelOrderByNumberRequest>'\n"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    _engine(settings)  # refuse to start on a missing or outdated database, with one line
+    # Worker processes build their own app from the environment: hand the settings down.
+    os.environ["ORDERCANCEL_DATABASE_URL"] = settings.database_url
+    os.environ["ORDERCANCEL_ENVIRONMENT"] = settings.environment.value
+    print(f"ordercancel ({settings.environment.value}) on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(
+        "ordercancel.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        server_header=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", default=argparse.SUPPRESS, help="overrides ORDERCANCEL_DATABASE_URL")
+    common.add_argument(
+        "--environment", default=argparse.SUPPRESS, help="sandbox or production; overrides ORDERCANCEL_ENVIRONMENT"
+    )
+    parser = argparse.ArgumentParser(prog="ordercancel", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    serve = command(commands, "serve", cmd_serve, "run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
+
+    keys = commands.add_parser("keys", help="API codes").add_subparsers(dest="keys_command", required=True)
+    create_key = command(keys, "create", cmd_keys_create, "issue an API code (shown once)")
+    create_key.add_argument("--name", default="")
+    create_key.add_argument("--json", action="store_true")
+    revoke = command(keys, "revoke", cmd_keys_revoke, "revoke an API code")
+    revoke.add_argument("api_code", metavar="API_CODE")
+    list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
+    list_keys.add_argument("--json", action="store_true")
+
+    orders = commands.add_parser("orders", help="orders").add_subparsers(dest="orders_command", required=True)
+    create_order = command(orders, "create", cmd_orders_create, "create an order for an API code")
+    create_order.add_argument("--api-code", required=True)
+    create_order.add_argument("--status", default=ProductionStatus.ORDERED.value)
+    create_order.add_argument("--payment-status", default=PaymentStatus.OK.value)
+    create_order.add_argument("--engineer")
+    create_order.add_argument("--number", help="default: the next free IMCnnnnnn")
+    create_order.add_argument("--order-id", help="default: a new GUID")
+    create_order.add_argument("--json", action="store_true")
+    show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
+    show.add_argument("order", metavar="NUMBER_OR_ID")
+    show.add_argument("--json", action="store_true")
+
+    demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        overrides = {k: getattr(args, k) for k in ("database_url", "environment") if hasattr(args, k)}
+        settings = settings.with_values(**overrides)
+        handler: Command = args.handler
+        return handler(args, settings)
+    except (CliError, ConfigError, service.AdminError, database.DatabaseNotReady) as error:
+        print(f"ordercancel: {error}", file=sys.stderr)
+        return 1
+    except OperationalError as error:
+        print(f"ordercancel: the database did not answer: {error.orig}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Configuration: one frozen object, read once from the environment and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+
+
+class Environment(StrEnum):
+    SANDBOX = "sandbox"
+    PRODUCTION = "production"
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    #: The sandbox is the default so that a development instance is never taken for production.
+    environment: Environment = Environment.SANDBOX
+    #: Connections per process in the PostgreSQL pool.
+    pool_size: int = 8
+    #: Token for the admin HTTP API; the API is disabled while it is empty.
+    admin_token: str = ""
+    #: Largest request body read, in bytes (the contract's 64 KiB).
+    max_body_bytes: int = 64 * 1024
+    #: Seconds a client may take to send its whole request body.
+    body_timeout: float = 10.0
+    #: Requests one process serves at once; more are answered 503 at once.
+    max_concurrency: int = 1024
+    #: Addresses whose X-Forwarded-For header is believed.
+    trusted_proxies: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ORDERCANCEL_* variables; anything unset keeps its default."""
+        env = os.environ if env is None else env
+        settings = cls()
+        raw = {
+            "database_url": env.get("ORDERCANCEL_DATABASE_URL"),
+            "environment": env.get("ORDERCANCEL_ENVIRONMENT"),
+            "pool_size": env.get("ORDERCANCEL_POOL_SIZE"),
+            "admin_token": env.get("ORDERCANCEL_ADMIN_TOKEN"),
+            "body_timeout": env.get("ORDERCANCEL_BODY_TIMEOUT"),
+            "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
+            "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
+        }
+        return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
+
+    def with_values(self, **values: str) -> Settings:
+        """Return a copy with the given settings parsed from their text form."""
+        parsed: dict[str, object] = {}
+        for name, text in values.items():
+            try:
+                parsed[name] = _PARSERS[name](text)
+            except ValueError as error:
+                raise ConfigError(f"{_VARIABLES[name]}: {error}") from None
+        return replace(self, **parsed)  # type: ignore[arg-type]
+
+    def sqlite_path(self) -> Path | None:
+        """Return the database file of a SQLite URL, or None for another database."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        return Path(self.database_url[len(prefix) :])
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql:", "postgresql+", "postgres:"))
+
+
+def _environment(text: str) -> Environment:
+    try:
+        return Environment(text.strip().lower())
+    except ValueError:
+        raise ValueError(f"must be 'sandbox' or 'production', not {text!r}") from None
+
+
+def _database_url(text: str) -> str:
+    text = text.strip()
+    if text.startswith("sqlite:///") or text.startswith(("postgresql:", "postgresql+", "postgres:")):
+        return text
+    raise ValueError(f"must be a sqlite:/// or postgresql:// URL, not {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError(f"must be at least 1, not {number}")
+    return number
+
+
+def _positive_float(text: str) -> float:
+    number = float(text)
+    if not number > 0:
+        raise ValueError(f"must be positive, not {text}")
+    return number
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_PARSERS = {
+    "database_url": _database_url,
+    "environment": _environment,
+    "pool_size": _positive_int,
+    "admin_token": str.strip,
+    "body_timeout": _positive_float,
+    "max_concurrency": _positive_int,
+    "trusted_proxies": _addresses,
+}
+_VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

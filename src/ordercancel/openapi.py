@@ -1,0 +1,162 @@
+"""The OpenAPI 3.1 description of the public API, built from the same tables the code uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ordercancel.codecs import CODECS
+from ordercancel.config import Environment
+from ordercancel.domain import (
+    AlreadyCancelled,
+    MissingOrderId,
+    MissingOrderNumber,
+    NotPlacedCorrectly,
+    ProcessingStarted,
+    ProductionStarted,
+    RequestError,
+    UnknownError,
+    WrongOrderId,
+    WrongOrderNumber,
+    WrongRequestBody,
+)
+
+_REFUSALS: list[type[RequestError]] = [
+    WrongRequestBody,
+    MissingOrderId,
+    MissingOrderNumber,
+    WrongOrderId,
+    WrongOrderNumber,
+    NotPlacedCorrectly,
+    AlreadyCancelled,
+    ProductionStarted,
+    ProcessingStarted,
+]
+
+
+def _codes_table(errors: list[type[RequestError]]) -> str:
+    return "\n".join(f"- `{e.code}`: {e.message}" for e in errors)
+
+
+def _content(schema_ref: str) -> dict[str, Any]:
+    return {media_type: {"schema": {"$ref": schema_ref}} for media_type in CODECS}
+
+
+def _operation(field: str, summary: str, example: str, codes: list[type[RequestError]]) -> dict[str, Any]:
+    request_schema = f"#/components/schemas/{field[0].upper()}{field[1:]}Request"
+    return {
+        "summary": summary,
+        "operationId": f"cancelBy{field[5:].title()}",
+        "parameters": [
+            {"$ref": "#/components/parameters/apiCode"},
+            {"$ref": "#/components/parameters/accept"},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                media_type: {"schema": {"$ref": request_schema}, "example": {field: example}} for media_type in CODECS
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Cancelled (`isCanceled` true), or refused with one of these codes in "
+                "`requestError`:\n" + _codes_table(codes),
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "401": {
+                "description": "The apiCode header is missing, not a GUID, unknown, revoked or from "
+                "the other environment (code 401, `Unauthorized`).",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "405": {"description": "Any method but POST.", "content": _content("#/components/schemas/CancelOrderResponse")},
+            "413": {
+                "description": "The body is larger than 64 KiB (code 501).",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "500": {
+                "description": f"Unexpected failure (code 500, `{UnknownError.message}`).",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+        },
+    }
+
+
+def openapi_document(environment: Environment) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document for a deployment."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Order Cancellation API",
+            "version": "1.0.0",
+            "description": f"Cancel an order whose processing has not started ({environment.value} deployment). "
+            "Every refusal is HTTP 200 with a code in `requestError`; see each operation.",
+        },
+        "paths": {
+            "/web-api/order/CancelOrderByNumber": {
+                "post": _operation(
+                    "orderNumber",
+                    "Cancel an order by its number",
+                    "IMC975580",
+                    [c for c in _REFUSALS if c not in (MissingOrderId, WrongOrderId)],
+                )
+            },
+            "/web-api/order/CancelOrderById": {
+                "post": _operation(
+                    "orderId",
+                    "Cancel an order by its ID",
+                    "e1754c8d-2ed1-43ba-a9b3-3e22314600c1",
+                    [c for c in _REFUSALS if c not in (MissingOrderNumber, WrongOrderNumber)],
+                )
+            },
+        },
+        "components": {
+            "parameters": {
+                "apiCode": {
+                    "name": "apiCode",
+                    "in": "header",
+                    "required": True,
+                    "description": "Your personal API code (a GUID). Sandbox and production codes differ.",
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+                "accept": {
+                    "name": "Accept",
+                    "in": "header",
+                    "required": False,
+                    "description": "Response format; text/xml when absent or unrecognised.",
+                    "schema": {"type": "string", "enum": list(CODECS), "default": "text/xml"},
+                },
+            },
+            "schemas": {
+                "OrderNumberRequest": {
+                    "type": "object",
+                    "xml": {"name": "CancelOrderByNumberRequest"},
+                    "required": ["orderNumber"],
+                    "properties": {"orderNumber": {"type": "string", "maxLength": 32, "example": "IMC975580"}},
+                },
+                "OrderIdRequest": {
+                    "type": "object",
+                    "xml": {"name": "CancelOrderByIdRequest"},
+                    "required": ["orderId"],
+                    "properties": {"orderId": {"type": "string", "format": "uuid"}},
+                },
+                "RequestError": {
+                    "type": "object",
+                    "required": ["message", "code"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "code": {"type": "integer", "enum": [401, 500, *(c.code for c in _REFUSALS)]},
+                    },
+                },
+                "CancelOrderResponse": {
+                    "type": "object",
+                    "xml": {"name": "CancelOrderResponse"},
+                    "required": ["isCanceled"],
+                    "properties": {
+                        "orderId": {"type": "string", "format": "uuid"},
+                        "orderNumber": {"type": "string"},
+                        "isCanceled": {"type": "boolean"},
+                        "requestError": {"$ref": "#/components/schemas/RequestError"},
+                    },
+                },
+            },
+        },
+    }

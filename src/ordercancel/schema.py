@@ -1,0 +1,69 @@
+"""The database schema, shared by every dialect; Alembic migrations are written against it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from ordercancel.domain import PaymentStatus, ProductionStatus
+
+metadata = MetaData()
+
+
+def _one_of(column: str, values: type[ProductionStatus] | type[PaymentStatus]) -> CheckConstraint:
+    listed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=f"ck_orders_{column}")
+
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the canonical (lower-case) API code: the code itself is never stored.
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("environment", String(16), nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", String(36), nullable=False, unique=True),
+    Column("order_number", String(32), nullable=False, unique=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("payment_status", String(16), nullable=False),
+    Column("engineer", Text),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    _one_of("status", ProductionStatus),
+    _one_of("payment_status", PaymentStatus),
+)
+
+# Append-only: one row per authenticated cancellation attempt, whatever its outcome.
+cancellation_attempts = Table(
+    "cancellation_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("order_ref", Integer, ForeignKey("orders.id")),
+    Column("outcome", Integer, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Index("ix_cancellation_attempts_order_ref", "order_ref"),
+    Index("ix_cancellation_attempts_api_key_id", "api_key_id"),
+)

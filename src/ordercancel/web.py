@@ -1,0 +1,241 @@
+"""A small ASGI core: requests, responses, routing and the lifespan, with no framework.
+
+The service has a handful of routes and a hot path measured in microseconds; a framework
+layer would cost more per request than the cancellation itself (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[["Request"], Awaitable["Response"]]
+
+log = logging.getLogger("ordercancel")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than we read."""
+
+
+class BodyTimeout(Exception):
+    """The client did not send its whole body in time."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    client: str | None
+    request_id: str
+    path_params: dict[str, str]
+    _receive: Receive
+    _max_body: int
+    _body_timeout: float
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    async def body(self) -> bytes:
+        """Read the whole body, refusing past the size limit without reading further."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise BodyTooLarge()
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await self._read()
+        except TimeoutError:
+            raise BodyTimeout() from None
+
+    async def _read(self) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: bytes = b"text/plain; charset=utf-8"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path (with {name} placeholders) and its handler for each method."""
+
+    path: str
+    methods: dict[str, Handler]
+
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + r"\Z")
+
+
+Fallback = Callable[[Request, int, str], Response]
+Observer = Callable[[Request, Response, float], None]
+
+
+class App:
+    """Dispatch HTTP requests to routes; run the lifespan hooks; never leak a traceback."""
+
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        *,
+        error: Fallback,
+        on_startup: Iterable[Callable[[], Awaitable[None]]] = (),
+        on_shutdown: Iterable[Callable[[], Awaitable[None]]] = (),
+        observers: Iterable[Observer] = (),
+        default_headers: Iterable[tuple[bytes, bytes]] = (),
+        max_body: int = 64 * 1024,
+        body_timeout: float = 10.0,
+        max_concurrency: int = 1024,
+    ) -> None:
+        self._exact: dict[str, Route] = {}
+        self._patterns: list[tuple[re.Pattern[str], Route]] = []
+        for route in routes:
+            if "{" in route.path:
+                self._patterns.append((route.pattern(), route))
+            else:
+                self._exact[route.path] = route
+        self._error = error
+        self._on_startup = list(on_startup)
+        self._on_shutdown = list(on_shutdown)
+        self._observers = list(observers)
+        self._default_headers = list(default_headers)
+        self._max_body = max_body
+        self._body_timeout = body_timeout
+        self._max_concurrency = max_concurrency
+        self._in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self._on_startup:
+                        await hook()
+                except Exception as error:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self._on_shutdown:
+                    await hook()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _route(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._exact.get(path)
+        if route is not None:
+            return route, {}
+        for pattern, candidate in self._patterns:
+            match = pattern.match(path)
+            if match:
+                return candidate, match.groupdict()
+        return None
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        given_id = headers.get("x-request-id", "")
+        client = scope.get("client")
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            client=client[0] if client else None,
+            request_id=given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex,
+            path_params={},
+            _receive=receive,
+            _max_body=self._max_body,
+            _body_timeout=self._body_timeout,
+        )
+        response = await self._respond(request)
+        response.headers.extend(self._default_headers)
+        response.headers.append((b"x-request-id", request.request_id.encode()))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *response.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+        elapsed = time.perf_counter() - started
+        for observe in self._observers:
+            observe(request, response, elapsed)
+
+    async def _respond(self, request: Request) -> Response:
+        found = self._route(request.path)
+        if found is None:
+            return self._error(request, 404, "Not Found")
+        route, request.path_params = found
+        handler = route.methods.get(request.method)
+        if handler is None:
+            response = self._error(request, 405, "Method Not Allowed")
+            response.headers.append((b"allow", ", ".join(route.methods).encode()))
+            return response
+        if self._in_flight >= self._max_concurrency:
+            response = self._error(request, 503, "Service Unavailable")
+            response.headers.append((b"retry-after", b"1"))
+            return response
+        self._in_flight += 1
+        try:
+            return await handler(request)
+        except BodyTooLarge:
+            return self._error(request, 413, "Payload Too Large")
+        except BodyTimeout:
+            return self._error(request, 408, "Request Timeout")
+        except ClientGone:
+            return Response(499)
+        except Exception:
+            log.exception("request %s failed", request.request_id)
+            return self._error(request, 500, "Internal Server Error")
+        finally:
+            self._in_flight -= 1
