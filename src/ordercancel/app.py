@@ -96,7 +96,9 @@ def health_handler(store: Store, settings: Settings) -> Handler:
         except Exception as error:
             body = {"status": "unavailable", "environment": settings.environment.value, "reason": type(error).__name__}
             return Response(503, orjson.dumps(body), JSON_CONTENT_TYPE)
-        return Response(200, orjson.dumps({"status": "ok", "environment": settings.environment.value}), JSON_CONTENT_TYPE)
+        return Response(
+            200, orjson.dumps({"status": "ok", "environment": settings.environment.value}), JSON_CONTENT_TYPE
+        )
 
     return health
 
@@ -134,4 +136,3 @@ def create_app_from_env() -> App:
     """Factory for `uvicorn --factory` and worker processes: settings from ORDERCANCEL_*."""
     settings = Settings.from_env()
     return create_app(settings, open_store(settings))
-

@@ -140,7 +140,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"  curl -s -X POST {base}/web-api/order/CancelOrderByNumber -H 'apiCode: {code}' "
         f"-H 'Content-Type: application/json' -H 'Accept: application/json' "
-        f"-d '{{\"orderNumber\": \"{first.order_number}\"}}'\n"
+        f'-d \'{{"orderNumber": "{first.order_number}"}}\'\n'
     )
     print("Cancel by number, XML in and out (try it after the JSON one: 507):")
     print(

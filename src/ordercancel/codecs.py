@@ -80,7 +80,8 @@ def _local(tag: str) -> str:
 class XmlCodec:
     def _root(self, body: bytes) -> Element:
         try:
-            return parse_xml(body, forbid_dtd=True)
+            root: Element = parse_xml(body, forbid_dtd=True)
+            return root
         except (ParseError, DefusedXmlException, ValueError):
             raise WrongRequestBody() from None
 

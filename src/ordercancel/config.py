@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -108,7 +108,7 @@ def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[str], object]] = {
     "database_url": _database_url,
     "environment": _environment,
     "pool_size": _positive_int,

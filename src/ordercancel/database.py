@@ -78,8 +78,7 @@ def ensure_current(engine: Engine) -> None:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
         raise DatabaseNotReady(
-            f"database schema is at {current or 'nothing'}, this version needs {head}: "
-            "run 'ordercancel db upgrade'"
+            f"database schema is at {current or 'nothing'}, this version needs {head}: run 'ordercancel db upgrade'"
         )
 
 

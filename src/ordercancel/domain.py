@@ -173,9 +173,7 @@ _NEXT_STATUSES: dict[ProductionStatus, frozenset[ProductionStatus]] = {
     ProductionStatus.DRAFT: frozenset({ProductionStatus.ORDERED}),
     ProductionStatus.ORDERED: frozenset({ProductionStatus.PROCESSING}),
     ProductionStatus.PROCESSING: frozenset({ProductionStatus.IN_PRODUCTION}),
-    ProductionStatus.IN_PRODUCTION: frozenset(
-        {ProductionStatus.READY_TO_SHIP, ProductionStatus.READY_TO_PICK_UP}
-    ),
+    ProductionStatus.IN_PRODUCTION: frozenset({ProductionStatus.READY_TO_SHIP, ProductionStatus.READY_TO_PICK_UP}),
     ProductionStatus.READY_TO_SHIP: frozenset({ProductionStatus.SHIPPED}),
     ProductionStatus.READY_TO_PICK_UP: frozenset({ProductionStatus.SHIPPED}),
     ProductionStatus.SHIPPED: frozenset({ProductionStatus.DELIVERED}),
@@ -183,9 +181,7 @@ _NEXT_STATUSES: dict[ProductionStatus, frozenset[ProductionStatus]] = {
     ProductionStatus.CANCELLED: frozenset(),
     ProductionStatus.INVALID: frozenset(),
 }
-_END_STATUSES = frozenset(
-    {ProductionStatus.DELIVERED, ProductionStatus.CANCELLED, ProductionStatus.INVALID}
-)
+_END_STATUSES = frozenset({ProductionStatus.DELIVERED, ProductionStatus.CANCELLED, ProductionStatus.INVALID})
 
 
 def statuses_before(target: ProductionStatus) -> frozenset[ProductionStatus]:

@@ -67,7 +67,10 @@ def _operation(field: str, summary: str, example: str, codes: list[type[RequestE
                 "the other environment (code 401, `Unauthorized`).",
                 "content": _content("#/components/schemas/CancelOrderResponse"),
             },
-            "405": {"description": "Any method but POST.", "content": _content("#/components/schemas/CancelOrderResponse")},
+            "405": {
+                "description": "Any method but POST.",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
             "413": {
                 "description": "The body is larger than 64 KiB (code 501).",
                 "content": _content("#/components/schemas/CancelOrderResponse"),

@@ -83,7 +83,7 @@ def create_key(
 
 
 def _key_id(connection: Connection, environment: Environment, api_code: str) -> int:
-    key_id = connection.scalar(
+    key_id: int | None = connection.scalar(
         select(api_keys.c.id).where(
             api_keys.c.code_hash == hash_api_code(canonical_api_code(api_code)),
             api_keys.c.environment == environment.value,
@@ -156,20 +156,22 @@ def create_order(
         values["api_key_id"] = _key_id(connection, environment, api_code)
     values["order_id"] = canonical_id
     for _ in range(100):
-        with engine.begin() as connection:
-            chosen = number or generated_order_number((connection.scalar(select(func.max(orders.c.id))) or 0) + 1)
-            try:
+        try:
+            with engine.begin() as connection:
+                last = connection.scalar(select(func.max(orders.c.id))) or 0
+                chosen = number or generated_order_number(last + 1)
                 connection.execute(insert(orders).values(order_number=chosen, **values))
-            except IntegrityError:
-                if number is not None or _exists(connection, orders.c.order_id, canonical_id):
-                    raise InvalidValue("an order with that number or ID exists already") from None
-                continue  # another writer took the generated number first: take the next
+        except IntegrityError:
+            if number is not None or _order_id_taken(engine, canonical_id):
+                raise InvalidValue("an order with that number or ID exists already") from None
+            continue  # another writer took the generated number first (or it was imported): next
         return find_order(engine, canonical_id)
     raise AdminError("could not find a free order number")  # pragma: no cover
 
 
-def _exists(connection: Connection, column: object, value: str) -> bool:
-    return connection.scalar(select(func.count()).where(column == value)) > 0  # type: ignore[operator]
+def _order_id_taken(engine: Engine, order_id: str) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.scalar(select(func.count()).where(orders.c.order_id == order_id)))
 
 
 def find_order(engine: Engine, ref: str) -> Order:

@@ -88,9 +88,7 @@ RECORD_ATTEMPT = (
     "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
     "VALUES (:now, :key, :ref, :outcome, :request_id)"
 )
-AUTHENTICATE = (
-    "SELECT id FROM api_keys WHERE code_hash = ? AND environment = ? AND revoked_at IS NULL"
-)
+AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = ? AND environment = ? AND revoked_at IS NULL"
 
 
 def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | None) -> tuple[int | None, Outcome]:
@@ -107,8 +105,8 @@ def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | No
     order = Order(
         str(order_id),
         str(number),
-        ProductionStatus(status),
-        PaymentStatus(payment),
+        ProductionStatus(str(status)),
+        PaymentStatus(str(payment)),
         None if engineer is None else str(engineer),
     )
     return int(str(ref)), Outcome(order.order_id, order.order_number, cancellation_refusal(order))
@@ -288,11 +286,7 @@ class SqliteStore:
 
 def open_store(settings: Settings) -> Store:
     """Build the store the database URL names (not yet started)."""
-    if settings.is_postgres:
-        from ordercancel.postgres import PostgresStore
-
-        return PostgresStore(settings)
     path = settings.sqlite_path()
-    if path is None:  # pragma: no cover - Settings only admits the two
-        raise ValueError(f"unsupported database URL {settings.database_url!r}")
+    if path is None:
+        raise ValueError(f"the HTTP service does not run on {settings.database_url!r} yet: use SQLite")
     return SqliteStore(str(path), settings.environment)

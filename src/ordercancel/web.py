@@ -100,6 +100,8 @@ class Route:
         return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + r"\Z")
 
 
+_BODY_FAILURES = {BodyTooLarge: (413, "Payload Too Large"), BodyTimeout: (408, "Request Timeout")}
+
 Fallback = Callable[[Request, int, str], Response]
 Observer = Callable[[Request, Response, float], None]
 
@@ -227,15 +229,18 @@ class App:
             return response
         self._in_flight += 1
         try:
+            return await self._handle(handler, request)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle(self, handler: Handler, request: Request) -> Response:
+        try:
             return await handler(request)
-        except BodyTooLarge:
-            return self._error(request, 413, "Payload Too Large")
-        except BodyTimeout:
-            return self._error(request, 408, "Request Timeout")
         except ClientGone:
             return Response(499)
+        except (BodyTooLarge, BodyTimeout) as failure:
+            status, reason = _BODY_FAILURES[type(failure)]
+            return self._error(request, status, reason)
         except Exception:
             log.exception("request %s failed", request.request_id)
             return self._error(request, 500, "Internal Server Error")
-        finally:
-            self._in_flight -= 1
