@@ -71,9 +71,13 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop(wait=False)
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Ask the server to shut down; waiting costs uvicorn's 0.1 s ticks, which add up per test."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
+        if wait:
+            self._thread.join(timeout=10)
 
 
 @pytest.fixture
