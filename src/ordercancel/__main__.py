@@ -1,0 +1,5 @@
+import sys
+
+from ordercancel.cli import main
+
+sys.exit(main())
