@@ -1,0 +1,30 @@
+"""The OpenAPI description served at /openapi.json says what the service does."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.test_contract import MESSAGES
+
+
+def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_code(http: httpx.Client) -> None:
+    response = http.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    paths = document["paths"]
+    assert set(paths) == {"/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById"}
+    media_types = {"application/json", "text/json", "text/xml", "application/xml"}
+    for path, item in paths.items():
+        operation = item["post"]
+        assert set(operation["requestBody"]["content"]) == media_types
+        assert set(operation["responses"]["200"]["content"]) == media_types
+        assert {"401", "405", "413", "500"} <= set(operation["responses"])
+        described = str(operation["responses"])
+        own = {502, 504} if path.endswith("ById") else {503, 505}
+        for code in {501, 506, 507, 508, 509} | own:
+            assert f"`{code}`: {MESSAGES[code]}" in described
+    api_code = document["components"]["parameters"]["apiCode"]
+    assert (api_code["in"], api_code["required"], api_code["schema"]["format"]) == ("header", True, "uuid")
+    codes = document["components"]["schemas"]["RequestError"]["properties"]["code"]["enum"]
+    assert set(codes) == set(MESSAGES)
