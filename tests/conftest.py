@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -10,12 +11,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 import uvicorn
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, event, make_url
 
 from ordercancel import database, service
 from ordercancel.app import create_app
@@ -40,32 +42,59 @@ POSTGRES_URL = os.environ.get("ORDERCANCEL_TEST_POSTGRES_URL", "postgresql://pos
 TEST_POOL_SIZE = 2
 
 
-def postgres_url(database: str) -> str:
-    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+def postgres_url(schema: str) -> str:
+    """The test server's URL, with every connection's search_path set to one schema."""
+    return make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
 
 
-class PostgresTemplate:
-    """A database migrated once by Alembic; each test gets a fresh copy of it.
+class PostgresSchemas:
+    """Fresh schemas, each built by replaying what Alembic did to migrate the first one.
 
-    Copying a template database (about 20 ms) beats running the migrations per test, and
-    a database per test isolates as well as a schema while needing no search_path games.
+    Alembic migrates one schema once per session while its statements are recorded; each
+    test then gets a new schema from one transaction replaying them. Measured on this shared
+    machine (interleaved, median of 10): 125 ms per test for this against 658 ms for a copy of
+    a migrated template database (which writes the whole catalog to the WAL), and 40-250 ms for
+    running Alembic per schema.
     """
 
-    def __init__(self, admin: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    def __init__(self, admin: psycopg.Connection[tuple[object, ...]]) -> None:
         self._admin = admin
-        self.name = name
+        self._prefix = f"ordercancel_test_{uuid.uuid4().hex[:8]}"
+        self._count = 0
+        self._migration: list[tuple[str, Any]] = []
 
-    def copy(self) -> str:
-        name = f"{self.name}_{uuid.uuid4().hex[:8]}"
-        self._admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"')
+    def _new_name(self) -> str:
+        self._count += 1
+        return f"{self._prefix}_{self._count}"
+
+    def record_migration(self) -> None:
+        name = self._new_name()
+        self._admin.execute(f'CREATE SCHEMA "{name}"')
+        engine = database.create_sync_engine(Settings(database_url=postgres_url(name)))
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+            self._migration.append((statement, parameters or None))
+
+        database.upgrade(engine)
+        engine.dispose()
+        self.drop(name)
+
+    def create(self) -> str:
+        name = self._new_name()
+        with self._admin.transaction():
+            self._admin.execute(f'CREATE SCHEMA "{name}"')
+            self._admin.execute(f'SET LOCAL search_path TO "{name}"')
+            for statement, parameters in self._migration:
+                self._admin.execute(statement, parameters)
         return name
 
     def drop(self, name: str) -> None:
-        self._admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> Iterator[PostgresTemplate]:
+def postgres_schemas() -> Iterator[PostgresSchemas]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
@@ -73,16 +102,10 @@ def postgres_template() -> Iterator[PostgresTemplate]:
         if os.environ.get("ORDERCANCEL_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"{reason} (ORDERCANCEL_REQUIRE_POSTGRES=1)", pytrace=False)
         pytest.skip(reason)
-    template = PostgresTemplate(admin, f"ordercancel_test_{uuid.uuid4().hex[:8]}")
-    admin.execute(f'CREATE DATABASE "{template.name}"')
-    try:
-        engine = database.create_sync_engine(Settings(database_url=postgres_url(template.name)))
-        database.upgrade(engine)
-        engine.dispose()
-        yield template
-    finally:
-        template.drop(template.name)
-        admin.close()
+    with admin:
+        schemas = PostgresSchemas(admin)
+        schemas.record_migration()
+        yield schemas
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -93,12 +116,12 @@ def settings(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Pa
         shutil.copy(migrated_sqlite, path)
         yield Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX)
         return
-    template: PostgresTemplate = request.getfixturevalue("postgres_template")
-    name = template.copy()
+    schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
+    name = schemas.create()
     try:
         yield Settings(database_url=postgres_url(name), environment=Environment.SANDBOX, pool_size=TEST_POOL_SIZE)
     finally:
-        template.drop(name)
+        schemas.drop(name)
 
 
 @pytest.fixture
@@ -168,3 +191,20 @@ def make_order(engine: Engine, settings: Settings, api_code: str) -> OrderFactor
         return service.create_order(engine, settings.environment, code, **fields)  # type: ignore[arg-type]
 
     return make
+
+
+ADMIN_TOKEN = "test-admin-token-5f1c"
+
+
+@pytest.fixture
+def admin_server(settings: Settings) -> Iterator[LiveServer]:
+    """The real app with the admin API enabled by a token."""
+    with LiveServer(dataclasses.replace(settings, admin_token=ADMIN_TOKEN)) as live:
+        yield live
+
+
+@pytest.fixture
+def admin_http(admin_server: LiveServer) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=admin_server.url, headers=headers, timeout=10) as client:
+        yield client
