@@ -80,12 +80,12 @@ class PostgresSchemas:
         engine.dispose()
         self.drop(name)
 
-    def create(self) -> str:
+    def create(self, *, migrated: bool = True) -> str:
         name = self._new_name()
         with self._admin.transaction():
             self._admin.execute(f'CREATE SCHEMA "{name}"')
             self._admin.execute(f'SET LOCAL search_path TO "{name}"')
-            for statement, parameters in self._migration:
+            for statement, parameters in self._migration if migrated else ():
                 self._admin.execute(statement, parameters)
         return name
 

@@ -51,14 +51,11 @@ class ServeProcess:
         self.port = free_port()
         self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "ORDERCANCEL_DATABASE_URL": settings.database_url,
-            "ORDERCANCEL_ENVIRONMENT": settings.environment.value,
-            "ORDERCANCEL_POOL_SIZE": str(settings.pool_size),
-            "ORDERCANCEL_ADMIN_TOKEN": ADMIN_TOKEN,
-        }
-        argv = [sys.executable, "-m", "ordercancel.cli", "serve", "--workers", str(workers), "--port", str(self.port)]
+        env = {**os.environ, "ORDERCANCEL_DATABASE_URL": settings.database_url}
+        argv = [
+            *(sys.executable, "-m", "ordercancel.cli", "serve", "--port", str(self.port), "--workers", str(workers)),
+            *("--pool-size", str(settings.pool_size), "--admin-token", ADMIN_TOKEN),
+        ]
         with log.open("wb") as output:  # a file, not a pipe: a pipe nobody reads can fill and stall the server
             self.process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
         self._wait_until_serving(workers)
