@@ -74,6 +74,8 @@ class PostgresStore:
         return None if row is None else int(row[0])
 
     async def cancel(self, attempt: Attempt) -> Outcome:
+        # Pipeline mode (BEGIN sent with the UPDATE, the INSERT with the COMMIT) was measured
+        # 0.7x as fast as this: on two cores the client's CPU, not the round trips, is the limit.
         async with self._pool.connection() as connection, connection.transaction():
             return await _run(connection, attempt, self._clock())
 
@@ -83,9 +85,9 @@ async def _run(connection: AsyncConnection[tuple[object, ...]], attempt: Attempt
     row: Sequence[object] | None = None
     try:
         while True:
-            statement, params = steps.send(row)
-            cursor = await connection.execute(statement, params)
-            row = await cursor.fetchone() if cursor.description else None
+            step = steps.send(row)
+            cursor = await connection.execute(step.statement, step.params)
+            row = await cursor.fetchone() if step.reads else None
     except StopIteration as done:
         outcome: Outcome = done.value
         return outcome

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ordercancel.config import Environment, Settings
 from ordercancel.database import configure_sqlite, sqlite_timestamp, utcnow
@@ -140,8 +140,15 @@ SQLITE_STATEMENTS = Statements.build()
 #: How often a cancellation is retried when the order became cancellable while it was refused.
 RETRIES = 3
 
-#: One statement to run and its parameters; the driver sends back the first row, or None.
-Step = tuple[str, dict[str, object]]
+
+class Step(NamedTuple):
+    """One statement to run; when it reads, the driver sends back its first row (or None)."""
+
+    statement: str
+    params: dict[str, object]
+    reads: bool = True
+
+
 Steps = Generator[Step, Sequence[object] | None, Outcome]
 
 
@@ -162,18 +169,18 @@ def cancellation_steps(attempt: Attempt, now: object, statements: Statements = S
             cancel, explain = statements.cancel_by_number, statements.explain_by_number
         params["value"] = target.value
         for _ in range(RETRIES):
-            row = yield cancel, params
+            row = yield Step(cancel, params)
             if row is not None:
                 ref, outcome = int(str(row[0])), Outcome(str(row[1]), str(row[2]))
                 break
-            ref, outcome = refusal_outcome(target, attempt.echo, (yield explain, params))
+            ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)))
             if outcome.error is not None:
                 break
         else:  # the order kept changing under us (claims released and taken again): say so
             outcome = Outcome(outcome.order_id, outcome.order_number, ProcessingStarted())
     if not isinstance(outcome.error, Unauthorized):
         params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
-        yield statements.record_attempt, params
+        yield Step(statements.record_attempt, params, reads=False)
     return outcome
 
 
@@ -183,8 +190,8 @@ def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now:
     row: Sequence[object] | None = None
     try:
         while True:
-            statement, params = steps.send(row)
-            row = connection.execute(statement, params).fetchone()
+            step = steps.send(row)
+            row = connection.execute(step.statement, step.params).fetchone()
     except StopIteration as done:
         outcome: Outcome = done.value
         return outcome
