@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, insert, select
 from ordercancel import database, service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Lookup, ProductionStatus
-from ordercancel.schema import orders
+from ordercancel.schema import api_keys, orders
 from ordercancel.store import Attempt, open_store
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -30,7 +30,7 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 def seed(engine: Engine, count: int) -> tuple[int, list[str]]:
     service.create_key(engine, Environment.SANDBOX, "bench")
     with engine.begin() as connection:
-        key_id = int(connection.scalar(select(func.min(orders.c.api_key_id)).select_from(orders)) or 1)
+        key_id = int(connection.scalar(select(func.max(api_keys.c.id))) or 0)
         rows = [
             {
                 "order_id": str(uuid.uuid4()),
@@ -43,7 +43,7 @@ def seed(engine: Engine, count: int) -> tuple[int, list[str]]:
             for i in range(count)
         ]
         connection.execute(insert(orders), rows)
-    return key_id, [row["order_number"] for row in rows]  # type: ignore[misc]
+    return key_id, [str(row["order_number"]) for row in rows]
 
 
 async def cancel_all(settings: Settings, key_id: int, numbers: list[str], concurrency: int) -> float:
