@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import Engine
 
 from ordercancel import service
+from ordercancel.domain import ProcessingStarted
 from tests.conftest import ADMIN_TOKEN, LiveServer, OrderFactory
 
 
@@ -174,3 +175,24 @@ def test_an_oversized_admin_body_is_refused_without_a_traceback(
     response = admin_http.post(f"/admin/orders/{order.order_id}/claim", content=b"x" * (65 * 1024))
     assert response.status_code == 413
     assert "Traceback" not in response.text
+
+
+def test_a_claimed_order_is_refused_509_until_released_and_then_cancelled(
+    admin_http: httpx.Client, api_code: str, make_order: OrderFactory
+) -> None:
+    order = make_order()
+    admin_http.post(f"/admin/orders/{order.order_id}/claim", json={"engineer": "Ada"}).raise_for_status()
+
+    def cancel() -> dict[str, object]:
+        body: dict[str, object] = admin_http.post(
+            "/web-api/order/CancelOrderByNumber",
+            json={"orderNumber": order.order_number},
+            headers={"apiCode": api_code, "Accept": "application/json", "Authorization": ""},
+        ).json()
+        return body
+
+    assert cancel()["requestError"] == {"message": ProcessingStarted.message, "code": 509}
+    admin_http.post(f"/admin/orders/{order.order_id}/release").raise_for_status()
+    assert cancel()["isCanceled"] is True
+    claimed = admin_http.post(f"/admin/orders/{order.order_id}/claim", json={"engineer": "Ada"})
+    assert claimed.status_code == 409
