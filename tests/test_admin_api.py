@@ -75,6 +75,7 @@ def test_an_order_created_without_fields_gets_a_number_and_the_defaults(
         ({"orderNumber": "EXISTING-1"}, 409, "exists already"),
         ({"orderNumber": "no spaces"}, 400, "is not 1-32 letters"),
         ({"engineer": 7}, 400, "engineer must be a string"),
+        ({"number": "PLATFORM-9"}, 400, "unknown field 'number'; expected apiCode, orderNumber, orderId"),
     ],
 )
 def test_an_order_that_cannot_be_created_is_refused_with_the_reason(
@@ -156,6 +157,7 @@ def test_an_unknown_order_answers_404(admin_http: httpx.Client, ref: str) -> Non
         (b'{"engineer": "   "}', "engineer is required"),
         (b'{"engineer": ["Ada"]}', "engineer must be a string"),
         (b'{"engineer": "Ada\\u0000"}', "an engineer's name is 1-100 printable characters"),
+        (b'{"engineer": "Ada", "enginer": "Ada"}', "unknown field 'enginer'; expected engineer"),
     ],
 )
 def test_a_bad_body_answers_400_and_changes_nothing(
@@ -196,3 +198,13 @@ def test_a_claimed_order_is_refused_509_until_released_and_then_cancelled(
     assert cancel()["isCanceled"] is True
     claimed = admin_http.post(f"/admin/orders/{order.order_id}/claim", json={"engineer": "Ada"})
     assert claimed.status_code == 409
+
+
+def test_a_release_with_a_body_naming_a_field_is_refused_as_unexpected(
+    admin_http: httpx.Client, engine: Engine, make_order: OrderFactory
+) -> None:
+    order = make_order(engineer="Ada")
+    response = admin_http.post(f"/admin/orders/{order.order_id}/release", json={"engineer": "Ada"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "unknown field 'engineer'; expected no fields"}
+    assert service.find_order(engine, order.order_id) == order

@@ -61,7 +61,7 @@ def _status_of(error: service.AdminError) -> int:
 
 
 def _fields(body: bytes, allowed: tuple[str, ...]) -> Fields:
-    """Read a JSON object of string fields; an empty body is an empty object."""
+    """Read a JSON object of the allowed string fields; an empty body is an empty object."""
     if not body.strip():
         return {}
     try:
@@ -70,6 +70,10 @@ def _fields(body: bytes, allowed: tuple[str, ...]) -> Fields:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:  # a misspelt field would otherwise be ignored silently, with surprising results
+        expected = ", ".join(allowed) or "no fields"
+        raise BadBody(f"unknown field {unknown[0]!r}; expected {expected}")
     fields: Fields = {}
     for name in allowed:
         value = document.get(name)
