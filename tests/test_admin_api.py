@@ -75,6 +75,7 @@ def test_an_order_created_without_fields_gets_a_number_and_the_defaults(
         ({"orderNumber": "EXISTING-1"}, 409, "exists already"),
         ({"orderNumber": "no spaces"}, 400, "is not 1-32 letters"),
         ({"engineer": 7}, 400, "engineer must be a string"),
+        ({"engineer": "x" * 101}, 400, "an engineer's name is 1-100 printable characters"),
         ({"number": "PLATFORM-9"}, 400, "unknown field 'number'; expected apiCode, orderNumber, orderId"),
     ],
 )

@@ -148,10 +148,11 @@ def create_order(
     uuidgen: UuidGen = uuid.uuid4,
 ) -> Order:
     """Create an order for an API code; without a number, the next free IMCnnnnnn is given."""
+    engineer = engineer_name(engineer) if engineer else None
     values: dict[str, object] = {
         "status": _parse(ProductionStatus, status),
         "payment_status": _parse(PaymentStatus, payment_status),
-        "engineer": engineer or None,
+        "engineer": engineer,
         "created_at": clock(),
     }
     if engineer and values["status"] not in (ProductionStatus.ORDERED, ProductionStatus.PROCESSING):
@@ -319,11 +320,17 @@ def set_payment(engine: Engine, ref: str, payment_status: str) -> Order:
 MAX_ENGINEER_NAME = 100
 
 
-def claim(engine: Engine, ref: str, engineer: str, *, clock: Clock = utcnow) -> Order:
-    """Let an engineer start processing an order: from then on it cannot be cancelled."""
-    name = engineer.strip()
+def engineer_name(text: str) -> str:
+    """Return an engineer's name trimmed, or refuse one that is empty, too long or unprintable."""
+    name = text.strip()
     if not name or len(name) > MAX_ENGINEER_NAME or not name.isprintable():
         raise InvalidValue(f"an engineer's name is 1-{MAX_ENGINEER_NAME} printable characters")
+    return name
+
+
+def claim(engine: Engine, ref: str, engineer: str, *, clock: Clock = utcnow) -> Order:
+    """Let an engineer start processing an order: from then on it cannot be cancelled."""
+    name = engineer_name(engineer)
     allowed = orders.c.status.in_([s.value for s in OPEN_STATUSES]) & orders.c.engineer.is_(None)
 
     def explain(order: Order) -> str | None:
