@@ -209,3 +209,9 @@ def test_a_release_with_a_body_naming_a_field_is_refused_as_unexpected(
     assert response.status_code == 400
     assert response.json() == {"error": "unknown field 'engineer'; expected no fields"}
     assert service.find_order(engine, order.order_id) == order
+
+
+def test_an_order_create_with_an_empty_body_is_refused_with_400(admin_http: httpx.Client) -> None:
+    response = admin_http.post("/admin/orders", content=b"")
+    assert response.status_code == 400
+    assert response.json() == {"error": "apiCode is required"}

@@ -28,8 +28,14 @@ JSON = b"application/json"
 #: Connections the admin API keeps per process: the use cases are few and short.
 ADMIN_POOL_SIZE = 2
 
+
+class BadBody(service.AdminError):
+    """The request body is not what the endpoint takes."""
+
+
 #: The HTTP status of each refusal; the first class in an error's MRO that is listed wins.
 ERROR_STATUS: dict[type[service.AdminError], int] = {
+    BadBody: 400,
     service.OrderNotFound: 404,
     service.TransitionRefused: 409,
     service.OrderExists: 409,
@@ -39,10 +45,6 @@ ERROR_STATUS: dict[type[service.AdminError], int] = {
 
 Fields = dict[str, str | None]
 UseCase = Callable[[Engine, str, Fields], Order]
-
-
-class BadBody(service.AdminError):
-    pass
 
 
 def _json(status: int, value: object, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -62,10 +64,8 @@ def _status_of(error: service.AdminError) -> int:
 
 def _fields(body: bytes, allowed: tuple[str, ...]) -> Fields:
     """Read a JSON object of the allowed string fields; an empty body is an empty object."""
-    if not body.strip():
-        return {}
     try:
-        document = orjson.loads(body)
+        document = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
