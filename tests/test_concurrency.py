@@ -31,15 +31,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is pid (Linux /proc)."""
+def workers(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned under pid (Linux /proc); not its resource tracker."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue  # the process ended while we looked
-        if int(fields[1]) == pid:
+        if parent == pid and b"spawn_main" in command:
             found.append(int(stat.parent.name))
     return found
 
@@ -47,20 +48,20 @@ def children(pid: int) -> list[int]:
 class ServeProcess:
     """`ordercancel serve --workers N` in a subprocess, on a free port."""
 
-    def __init__(self, settings: Settings, workers: int, log: Path) -> None:
+    def __init__(self, settings: Settings, count: int, log: Path) -> None:
         self.port = free_port()
         self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "ORDERCANCEL_DATABASE_URL": settings.database_url}
         argv = [
-            *(sys.executable, "-m", "ordercancel.cli", "serve", "--port", str(self.port), "--workers", str(workers)),
+            *(sys.executable, "-m", "ordercancel.cli", "serve", "--port", str(self.port), "--workers", str(count)),
             *("--pool-size", str(settings.pool_size), "--admin-token", ADMIN_TOKEN),
         ]
         with log.open("wb") as output:  # a file, not a pipe: a pipe nobody reads can fill and stall the server
             self.process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
-        self._wait_until_serving(workers)
+        self._wait_until_serving(count)
 
-    def _wait_until_serving(self, workers: int) -> None:
+    def _wait_until_serving(self, count: int) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -70,7 +71,7 @@ class ServeProcess:
                 ready = httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 ready = False
-            if ready and len(children(self.process.pid)) >= workers:
+            if ready and len(workers(self.process.pid)) == count:
                 return
             time.sleep(0.1)
         self.stop()
@@ -103,8 +104,7 @@ async def _cancel(client: httpx.AsyncClient, api_code: str, number: str) -> dict
 
 
 def test_serve_with_four_workers_runs_four_processes_sharing_the_port(four_workers: ServeProcess) -> None:
-    workers = children(four_workers.process.pid)
-    assert len(workers) >= WORKERS
+    assert len(workers(four_workers.process.pid)) == WORKERS
     assert httpx.get(f"{four_workers.url}/healthz").json()["status"] == "ok"
 
 
