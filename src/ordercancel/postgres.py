@@ -1,6 +1,12 @@
 """The cancellation hot path on PostgreSQL: psycopg 3 with an async connection pool.
 
-The statements and the decisions are store.py's; this module only runs them. Every process
+The statements and the decisions are store.py's; this module only runs them, with one
+addition: the success path goes first as a single statement (the conditional UPDATE and the
+INSERT of its record, joined by a WITH), so a successful cancellation is one atomic round trip.
+Only when that changes nothing do store.py's steps run, in a transaction: the UPDATE again (the
+order may have become cancellable meanwhile), the SELECT that says why not, and the record.
+Under READ COMMITTED each statement sees the latest committed state anyway, so splitting the
+two transactions changes no answer. Every process
 keeps `pool_size` connections open; a connection that breaks (the server restarted, a
 network blip) is thrown away and replaced by the pool, so the process recovers by itself.
 """
@@ -15,8 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from ordercancel.config import Environment
 from ordercancel.database import utcnow
-from ordercancel.domain import Outcome
-from ordercancel.store import Attempt, Clock, Statements, cancellation_steps
+from ordercancel.domain import Lookup, Outcome
+from ordercancel.store import Attempt, Clock, Statements, cancel_and_record_statement, cancellation_steps
 
 #: Seconds a request waits for a free pooled connection before it is answered 500.
 POOL_TIMEOUT = 5.0
@@ -32,6 +38,11 @@ def pyformat(statement: str) -> str:
 
 
 STATEMENTS = Statements.build(pyformat)
+#: By number, by ID: the cancellation and its record in one statement, one round trip.
+CANCEL_AND_RECORD = (
+    pyformat(cancel_and_record_statement("order_number")),
+    pyformat(cancel_and_record_statement("order_id")),
+)
 
 
 def conninfo(url: str) -> str:
@@ -74,10 +85,20 @@ class PostgresStore:
         return None if row is None else int(row[0])
 
     async def cancel(self, attempt: Attempt) -> Outcome:
-        # Pipeline mode (BEGIN sent with the UPDATE, the INSERT with the COMMIT) was measured
-        # 0.7x as fast as this: on two cores the client's CPU, not the round trips, is the limit.
-        async with self._pool.connection() as connection, connection.transaction():
-            return await _run(connection, attempt, self._clock())
+        now = self._clock()
+        async with self._pool.connection() as connection:
+            target = attempt.target
+            if isinstance(target, Lookup):
+                # The success path first, as one statement: measured 1.9x the throughput of the
+                # same steps in an explicit transaction (BEGIN, UPDATE, INSERT, COMMIT).
+                params = {"now": now, "key": attempt.key_id, "request_id": attempt.request_id, "value": target.value}
+                cursor = await connection.execute(CANCEL_AND_RECORD[target.by_id], params)
+                row = await cursor.fetchone()
+                if row is not None:
+                    return Outcome(str(row[1]), str(row[2]))
+            # Refused (or the body named no order): the shared steps find out why and record it.
+            async with connection.transaction():
+                return await _run(connection, attempt, now)
 
 
 async def _run(connection: AsyncConnection[tuple[object, ...]], attempt: Attempt, now: object) -> Outcome:

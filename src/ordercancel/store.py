@@ -85,6 +85,16 @@ def explain_statement(column: str, param: str = ":value") -> str:
     )
 
 
+def cancel_and_record_statement(column: str, param: str = ":value") -> str:
+    """The success path as one statement (PostgreSQL only): cancel, and record the success with it."""
+    return (
+        f"WITH cancelled AS ({cancel_statement(column, param)}), recorded AS ("
+        "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
+        "SELECT :now, :key, id, 0, :request_id FROM cancelled) "
+        "SELECT id, order_id, order_number FROM cancelled"
+    )
+
+
 RECORD_ATTEMPT = (
     "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
     "VALUES (:now, :key, :ref, :outcome, :request_id)"
