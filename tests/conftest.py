@@ -62,7 +62,7 @@ class PostgresSchemas:
         self._admin = admin
         self._prefix = f"ordercancel_test_{uuid.uuid4().hex[:8]}"
         self._count = 0
-        self._migration: list[tuple[str, Any]] = []
+        self._migration: list[tuple[str, Any, bool]] = []
 
     def _new_name(self) -> str:
         self._count += 1
@@ -74,8 +74,8 @@ class PostgresSchemas:
         engine = database.create_sync_engine(Settings(database_url=postgres_url(name)))
 
         @event.listens_for(engine, "before_cursor_execute")
-        def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-            self._migration.append((statement, parameters or None))
+        def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+            self._migration.append((statement, parameters or None, many))
 
         database.upgrade(engine)
         engine.dispose()
@@ -83,11 +83,14 @@ class PostgresSchemas:
 
     def create(self, *, migrated: bool = True) -> str:
         name = self._new_name()
-        with self._admin.transaction():
-            self._admin.execute(f'CREATE SCHEMA "{name}"')
-            self._admin.execute(f'SET LOCAL search_path TO "{name}"')
-            for statement, parameters in self._migration if migrated else ():
-                self._admin.execute(statement, parameters)
+        with self._admin.transaction(), self._admin.cursor() as cursor:
+            cursor.execute(f'CREATE SCHEMA "{name}"')
+            cursor.execute(f'SET LOCAL search_path TO "{name}"')
+            for statement, parameters, many in self._migration if migrated else ():
+                if many:  # a data migration's bulk insert
+                    cursor.executemany(statement, parameters)
+                else:
+                    cursor.execute(statement, parameters)
         return name
 
     def drop(self, name: str) -> None:
