@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import shutil
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event, make_url
 
 from ordercancel import database, service
 from ordercancel.app import create_app
@@ -31,11 +36,96 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def settings(migrated_sqlite: Path, tmp_path: Path) -> Settings:
-    path = tmp_path / "ordercancel.db"
-    shutil.copy(migrated_sqlite, path)
-    return Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX)
+#: The server the PostgreSQL variants run against (the machine's and CI's, trust auth).
+POSTGRES_URL = os.environ.get("ORDERCANCEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+#: Pool per server process in tests: small, since the server's connection limit is shared.
+TEST_POOL_SIZE = 2
+
+
+def postgres_url(schema: str) -> str:
+    """The test server's URL, with every connection's search_path set to one schema."""
+    return make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+
+
+class PostgresSchemas:
+    """Fresh schemas, each built by replaying what Alembic did to migrate the first one.
+
+    Alembic migrates one schema once per session while its statements are recorded; each
+    test then gets a new schema from one transaction replaying them: about 16 ms of fixture
+    time per test. Measured on this shared machine (interleaved, median of 10, with a new
+    connection each): 125 ms for this against 658 ms for a copy of a migrated template database
+    (CREATE DATABASE writes the whole catalog to the WAL), and 40-250 ms for running Alembic
+    per schema.
+    """
+
+    def __init__(self, admin: psycopg.Connection[tuple[object, ...]]) -> None:
+        self._admin = admin
+        self._prefix = f"ordercancel_test_{uuid.uuid4().hex[:8]}"
+        self._count = 0
+        self._migration: list[tuple[str, Any, bool]] = []
+
+    def _new_name(self) -> str:
+        self._count += 1
+        return f"{self._prefix}_{self._count}"
+
+    def record_migration(self) -> None:
+        name = self._new_name()
+        self._admin.execute(f'CREATE SCHEMA "{name}"')
+        engine = database.create_sync_engine(Settings(database_url=postgres_url(name)))
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+            self._migration.append((statement, parameters or None, many))
+
+        database.upgrade(engine)
+        engine.dispose()
+        self.drop(name)
+
+    def create(self, *, migrated: bool = True) -> str:
+        name = self._new_name()
+        with self._admin.transaction(), self._admin.cursor() as cursor:
+            cursor.execute(f'CREATE SCHEMA "{name}"')
+            cursor.execute(f'SET LOCAL search_path TO "{name}"')
+            for statement, parameters, many in self._migration if migrated else ():
+                if many:  # a data migration's bulk insert
+                    cursor.executemany(statement, parameters)
+                else:
+                    cursor.execute(statement, parameters)
+        return name
+
+    def drop(self, name: str) -> None:
+        self._admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[PostgresSchemas]:
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(error).strip()}"
+        if os.environ.get("ORDERCANCEL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (ORDERCANCEL_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(reason)
+    with admin:
+        schemas = PostgresSchemas(admin)
+        schemas.record_migration()
+        yield schemas
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a fresh, migrated database: every test using it runs on both backends."""
+    if request.param == "sqlite":
+        path = tmp_path / "ordercancel.db"
+        shutil.copy(migrated_sqlite, path)
+        yield Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX)
+        return
+    schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
+    name = schemas.create()
+    try:
+        yield Settings(database_url=postgres_url(name), environment=Environment.SANDBOX, pool_size=TEST_POOL_SIZE)
+    finally:
+        schemas.drop(name)
 
 
 @pytest.fixture
@@ -109,3 +199,20 @@ def make_order(engine: Engine, settings: Settings, api_code: str) -> OrderFactor
         return service.create_order(engine, settings.environment, code, **fields)  # type: ignore[arg-type]
 
     return make
+
+
+ADMIN_TOKEN = "test-admin-token-5f1c"
+
+
+@pytest.fixture
+def admin_server(settings: Settings) -> Iterator[LiveServer]:
+    """The real app with the admin API enabled by a token."""
+    with LiveServer(dataclasses.replace(settings, admin_token=ADMIN_TOKEN)) as live:
+        yield live
+
+
+@pytest.fixture
+def admin_http(admin_server: LiveServer) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=admin_server.url, headers=headers, timeout=10) as client:
+        yield client

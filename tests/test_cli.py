@@ -14,10 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from ordercancel import service
 from ordercancel.cli import main
 from ordercancel.config import Settings
+from ordercancel.database import create_sync_engine
+from ordercancel.schema import api_keys
 from tests.wire import BY_NUMBER, decode
 
 
@@ -64,10 +67,16 @@ def test_keys_create_prints_the_code_once_and_stores_only_its_hash(
     code, out, _ = run(capsys, settings, "keys", "create", "--name", "shop", "--json")
     assert code == 0
     api_code = json.loads(out)["apiCode"]
-    database = Path(str(settings.sqlite_path()))
-    raw = b"".join(path.read_bytes() for path in database.parent.glob(database.name + "*"))
-    assert api_code.encode() not in raw
-    assert service.hash_api_code(api_code).encode() in raw
+    engine = create_sync_engine(settings)
+    with engine.connect() as connection:
+        stored = repr(connection.execute(select(api_keys)).all())
+    engine.dispose()
+    assert api_code not in stored
+    assert service.hash_api_code(api_code) in stored
+    database = settings.sqlite_path()
+    if database is not None:  # and not in any page of the file, the WAL included
+        raw = b"".join(path.read_bytes() for path in database.parent.glob(database.name + "*"))
+        assert api_code.encode() not in raw
     code, out, _ = run(capsys, settings, "keys", "list", "--json")
     assert [key["name"] for key in json.loads(out)["keys"]] == ["shop"]
     assert api_code not in out

@@ -18,6 +18,7 @@ from ordercancel.domain import (
     ProductionStarted,
     ProductionStatus,
     WrongOrderId,
+    WrongOrderNumber,
     cancellation_refusal,
     generated_order_number,
     lookup,

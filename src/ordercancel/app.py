@@ -6,6 +6,7 @@ import hashlib
 
 import orjson
 
+from ordercancel.admin_api import AdminApi
 from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Settings
 from ordercancel.domain import (
@@ -120,11 +121,16 @@ def create_app(settings: Settings, store: Store) -> App:
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
     ]
+    on_shutdown = [store.close]
+    if settings.admin_token:  # without a token the admin API is not there at all (404)
+        admin = AdminApi(settings)
+        routes.extend(admin.routes())
+        on_shutdown.append(admin.close)
     return App(
         routes,
         error=error_response,
         on_startup=[store.start],
-        on_shutdown=[store.close],
+        on_shutdown=on_shutdown,
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],
         max_body=settings.max_body_bytes,
         body_timeout=settings.body_timeout,

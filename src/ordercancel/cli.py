@@ -32,9 +32,14 @@ def _engine(settings: Settings, *, must_exist: bool = True) -> Engine:
     if must_exist and path is not None and not path.exists():
         raise CliError(f"no database at {path}: run 'ordercancel db upgrade' first")
     engine = database.create_sync_engine(settings)
+    _opened.append(engine)
     if must_exist:
         database.ensure_current(engine)
     return engine
+
+
+#: Engines a command opened; main closes them, so calling main in-process leaks no connections.
+_opened: list[Engine] = []
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,6 +115,26 @@ def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_orders_set_status(args: argparse.Namespace, settings: Settings) -> int:
+    _show(service.set_status(_engine(settings), args.order, args.status), args.json)
+    return 0
+
+
+def cmd_orders_set_payment(args: argparse.Namespace, settings: Settings) -> int:
+    _show(service.set_payment(_engine(settings), args.order, args.payment_status), args.json)
+    return 0
+
+
+def cmd_orders_claim(args: argparse.Namespace, settings: Settings) -> int:
+    _show(service.claim(_engine(settings), args.order, args.engineer), args.json)
+    return 0
+
+
+def cmd_orders_release(args: argparse.Namespace, settings: Settings) -> int:
+    _show(service.release(_engine(settings), args.order), args.json)
+    return 0
+
+
 #: One order for each outcome of the demo: (label, status, payment status, engineer).
 DEMO_ORDERS = [
     ("cancellable (isCanceled: true)", "Ordered", "PaymentOK", None),
@@ -159,6 +184,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Worker processes build their own app from the environment: hand the settings down.
     os.environ["ORDERCANCEL_DATABASE_URL"] = settings.database_url
     os.environ["ORDERCANCEL_ENVIRONMENT"] = settings.environment.value
+    os.environ["ORDERCANCEL_POOL_SIZE"] = str(settings.pool_size)
+    os.environ["ORDERCANCEL_ADMIN_TOKEN"] = settings.admin_token
     print(f"ordercancel ({settings.environment.value}) on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         "ordercancel.app:create_app_from_env",
@@ -171,6 +198,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level="warning",
     )
     return 0
+
+
+_LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentParser], object]]] = [
+    (
+        "set-status",
+        cmd_orders_set_status,
+        "move an order to another production status",
+        lambda sub: sub.add_argument("status", metavar="STATUS", help=", ".join(ProductionStatus)),
+    ),
+    (
+        "set-payment",
+        cmd_orders_set_payment,
+        "record the outcome of a pending payment",
+        lambda sub: sub.add_argument("payment_status", metavar="STATUS", help=", ".join(PaymentStatus)),
+    ),
+    (
+        "claim",
+        cmd_orders_claim,
+        "an engineer starts processing an order: it can no longer be cancelled",
+        lambda sub: sub.add_argument("--engineer", required=True, metavar="NAME"),
+    ),
+    ("release", cmd_orders_release, "end an engineer's claim on an order", lambda sub: None),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,6 +241,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--pool-size",
+        default=argparse.SUPPRESS,
+        help="PostgreSQL connections per process; overrides ORDERCANCEL_POOL_SIZE",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=argparse.SUPPRESS,
+        help="enables the admin HTTP API; overrides ORDERCANCEL_ADMIN_TOKEN (prefer the variable: argv is visible)",
+    )
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
@@ -216,6 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
     show.add_argument("order", metavar="NUMBER_OR_ID")
     show.add_argument("--json", action="store_true")
+    for name, handler, help_text, extra in _LIFECYCLE_COMMANDS:
+        sub = command(orders, name, handler, help_text)
+        sub.add_argument("order", metavar="NUMBER_OR_ID")
+        extra(sub)
+        sub.add_argument("--json", action="store_true")
 
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
     demo.add_argument("--host", default="127.0.0.1")
@@ -227,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        overrides = {k: getattr(args, k) for k in ("database_url", "environment") if hasattr(args, k)}
+        names = ("database_url", "environment", "pool_size", "admin_token")
+        overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
         settings = settings.with_values(**overrides)
         handler: Command = args.handler
         return handler(args, settings)
@@ -237,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OperationalError as error:
         print(f"ordercancel: the database did not answer: {error.orig}", file=sys.stderr)
         return 1
+    finally:
+        while _opened:
+            _opened.pop().dispose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,8 +44,8 @@ def sqlalchemy_url(settings: Settings) -> str:
     return url
 
 
-def create_sync_engine(settings: Settings) -> Engine:
-    """Build the engine the CLI and the admin use cases work through."""
+def create_sync_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """Build the engine the CLI and the admin use cases work through (pool_size: PostgreSQL's)."""
     path = settings.sqlite_path()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +56,8 @@ def create_sync_engine(settings: Settings) -> Engine:
             configure_sqlite(dbapi_connection)
 
         return engine
+    if pool_size is not None:
+        return create_engine(sqlalchemy_url(settings), pool_pre_ping=True, pool_size=pool_size, max_overflow=0)
     return create_engine(sqlalchemy_url(settings), pool_pre_ping=True)
 
 

@@ -204,6 +204,9 @@ def lookup(value: str | None, *, by_id: bool) -> Lookup:
     if not text:
         raise MissingOrderId() if by_id else MissingOrderNumber()
     if not by_id:
+        # A value no order number can have is never looked up (nor sent to the database).
+        if not is_order_number(text):
+            raise WrongOrderNumber()
         return Lookup(False, text)
     guid = parse_guid(text)
     if guid is None:

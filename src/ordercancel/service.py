@@ -13,18 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ordercancel.config import Environment
 from ordercancel.database import as_utc, utcnow
 from ordercancel.domain import (
+    OPEN_STATUSES,
     Order,
     PaymentStatus,
     ProductionStatus,
     generated_order_number,
     is_order_number,
     parse_guid,
+    payments_before,
+    statuses_before,
 )
 from ordercancel.schema import api_keys, orders
 
@@ -46,6 +49,14 @@ class OrderNotFound(AdminError):
 
 class InvalidValue(AdminError):
     pass
+
+
+class OrderExists(InvalidValue):
+    pass
+
+
+class TransitionRefused(AdminError):
+    """The order is not in a state the change may start from; nothing was changed."""
 
 
 def hash_api_code(api_code: str) -> str:
@@ -137,10 +148,11 @@ def create_order(
     uuidgen: UuidGen = uuid.uuid4,
 ) -> Order:
     """Create an order for an API code; without a number, the next free IMCnnnnnn is given."""
+    engineer = engineer_name(engineer) if engineer else None
     values: dict[str, object] = {
         "status": _parse(ProductionStatus, status),
         "payment_status": _parse(PaymentStatus, payment_status),
-        "engineer": engineer or None,
+        "engineer": engineer,
         "created_at": clock(),
     }
     if engineer and values["status"] not in (ProductionStatus.ORDERED, ProductionStatus.PROCESSING):
@@ -163,7 +175,7 @@ def create_order(
                 connection.execute(insert(orders).values(order_number=chosen, **values))
         except IntegrityError:
             if number is not None or _order_id_taken(engine, canonical_id):
-                raise InvalidValue("an order with that number or ID exists already") from None
+                raise OrderExists("an order with that number or ID exists already") from None
             continue  # another writer took the generated number first (or it was imported): next
         return find_order(engine, canonical_id)
     raise AdminError("could not find a free order number")  # pragma: no cover
@@ -174,11 +186,16 @@ def _order_id_taken(engine: Engine, order_id: str) -> bool:
         return bool(connection.scalar(select(func.count()).where(orders.c.order_id == order_id)))
 
 
+def _named(ref: str) -> ColumnElement[bool]:
+    """The condition that picks the order a number or an ID names."""
+    guid = parse_guid(ref)
+    return orders.c.order_id == guid if guid else orders.c.order_number == ref
+
+
 def find_order(engine: Engine, ref: str) -> Order:
     """Find an order by its number or its ID."""
     ref = ref.strip()
-    guid = parse_guid(ref)
-    condition = orders.c.order_id == guid if guid else orders.c.order_number == ref
+    condition = _named(ref)
     with engine.connect() as connection:
         row = connection.execute(select(orders).where(condition)).first()
     if row is None:
@@ -210,3 +227,126 @@ def order_fields(order: Order) -> dict[str, object]:
         "claimedAt": order.claimed_at.isoformat() if order.claimed_at else None,
         "cancelledAt": order.cancelled_at.isoformat() if order.cancelled_at else None,
     }
+
+
+# The lifecycle ---------------------------------------------------------------------------------
+#
+# Each change is one UPDATE whose WHERE clause is the rule that allows it, so it is decided by
+# the row as the database holds it at that instant: two changes that exclude each other (a claim
+# and a cancellation) can never both succeed, whichever connections or processes send them. Only
+# when the UPDATE changes nothing is the order read, in the same transaction, to say why.
+
+#: Say why a change was refused, or None when the order as read now would allow it.
+Explain = Callable[[Order], str | None]
+#: How often a change is tried again when the order changed between the UPDATE and the read.
+RETRIES = 3
+
+
+def _transition(
+    engine: Engine, ref: str, allowed: ColumnElement[bool], values: dict[str, object], explain: Explain
+) -> Order:
+    ref = ref.strip()
+    named = _named(ref)
+    reason = None
+    for _ in range(RETRIES):
+        with engine.begin() as connection:
+            row = connection.execute(update(orders).where(named, allowed).values(**values).returning(*orders.c)).first()
+            if row is not None:
+                return order_from_row(row._mapping)
+            current = connection.execute(select(orders).where(named)).first()
+        if current is None:
+            raise OrderNotFound(f"no order {ref!r}")
+        # On PostgreSQL the read sees a newer snapshot than the UPDATE: the order may allow it now.
+        reason = explain(order_from_row(current._mapping))
+        if reason is not None:
+            break
+    raise TransitionRefused(reason or f"order {ref} kept changing; try again")
+
+
+def _listed(statuses: frozenset[ProductionStatus] | frozenset[PaymentStatus]) -> str:
+    names = sorted(status.value for status in statuses)
+    return " or ".join(names) if names else "nothing: it is an end state"
+
+
+def next_statuses(status: ProductionStatus) -> frozenset[ProductionStatus]:
+    """Return the production statuses an order in status may move to."""
+    return frozenset(target for target in ProductionStatus if status in statuses_before(target))
+
+
+def set_status(engine: Engine, ref: str, status: str, *, clock: Clock = utcnow) -> Order:
+    """Move an order to another production status, if the lifecycle allows it from where it is."""
+    target = ProductionStatus(_parse(ProductionStatus, status))
+    allowed: ColumnElement[bool] = orders.c.status.in_([s.value for s in statuses_before(target)])
+    values: dict[str, object] = {"status": target.value}
+    if target is ProductionStatus.CANCELLED:
+        # The same rule a cancellation request obeys: an engineer's claim wins over it.
+        allowed = allowed & orders.c.engineer.is_(None)
+        values["cancelled_at"] = clock()
+
+    def explain(order: Order) -> str | None:
+        if order.status is target:
+            return f"order {order.order_number} is {target.value} already"
+        if order.status in statuses_before(target):
+            if target is ProductionStatus.CANCELLED and order.engineer is not None:
+                return f"order {order.order_number} is claimed by {order.engineer}: release it first"
+            return None
+        return (
+            f"order {order.order_number} cannot move from {order.status.value} to {target.value}; "
+            f"it may move to {_listed(next_statuses(order.status))}"
+        )
+
+    return _transition(engine, ref, allowed, values, explain)
+
+
+def set_payment(engine: Engine, ref: str, payment_status: str) -> Order:
+    """Record the payment's outcome: only a pending payment may change."""
+    target = PaymentStatus(_parse(PaymentStatus, payment_status))
+    allowed = orders.c.payment_status.in_([s.value for s in payments_before(target)])
+
+    def explain(order: Order) -> str | None:
+        if order.payment_status is target:
+            return f"payment of order {order.order_number} is {target.value} already"
+        if order.payment_status in payments_before(target):
+            return None
+        return (
+            f"payment of order {order.order_number} cannot move from {order.payment_status.value} "
+            f"to {target.value}; only {PaymentStatus.PENDING.value} may change"
+        )
+
+    return _transition(engine, ref, allowed, {"payment_status": target.value}, explain)
+
+
+#: Longest engineer's name kept.
+MAX_ENGINEER_NAME = 100
+
+
+def engineer_name(text: str) -> str:
+    """Return an engineer's name trimmed, or refuse one that is empty, too long or unprintable."""
+    name = text.strip()
+    if not name or len(name) > MAX_ENGINEER_NAME or not name.isprintable():
+        raise InvalidValue(f"an engineer's name is 1-{MAX_ENGINEER_NAME} printable characters")
+    return name
+
+
+def claim(engine: Engine, ref: str, engineer: str, *, clock: Clock = utcnow) -> Order:
+    """Let an engineer start processing an order: from then on it cannot be cancelled."""
+    name = engineer_name(engineer)
+    allowed = orders.c.status.in_([s.value for s in OPEN_STATUSES]) & orders.c.engineer.is_(None)
+
+    def explain(order: Order) -> str | None:
+        if order.status not in OPEN_STATUSES:
+            return f"order {order.order_number} is {order.status.value}: only {_listed(OPEN_STATUSES)} can be claimed"
+        if order.engineer is None:
+            return None
+        return f"order {order.order_number} is claimed by {order.engineer} already"
+
+    return _transition(engine, ref, allowed, {"engineer": name, "claimed_at": clock()}, explain)
+
+
+def release(engine: Engine, ref: str) -> Order:
+    """End an engineer's claim: the order may be claimed or, if still open, cancelled again."""
+
+    def explain(order: Order) -> str | None:
+        return None if order.engineer else f"order {order.order_number} is not claimed by anyone"
+
+    return _transition(engine, ref, orders.c.engineer.is_not(None), {"engineer": None, "claimed_at": None}, explain)

@@ -1,8 +1,9 @@
 """The cancellation hot path: authenticate an API code, cancel an order, record the attempt.
 
-SQLite here; PostgreSQL in `postgres.py`. Both keep the contract's promise that the check and
-the change are one step: the success path is a single conditional UPDATE, and only when it
-changes nothing does a second statement, in the same transaction, find out why.
+SQLite here; PostgreSQL in `postgres.py`, running the same statements. Both keep the
+contract's promise that the check and the change are one step: the success path is a single
+conditional UPDATE, and only when it changes nothing does a second statement, in the same
+transaction, find out why.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ordercancel.config import Environment, Settings
 from ordercancel.database import configure_sqlite, sqlite_timestamp, utcnow
@@ -84,11 +85,21 @@ def explain_statement(column: str, param: str = ":value") -> str:
     )
 
 
+def cancel_and_record_statement(column: str, param: str = ":value") -> str:
+    """The success path as one statement (PostgreSQL only): cancel, and record the success with it."""
+    return (
+        f"WITH cancelled AS ({cancel_statement(column, param)}), recorded AS ("
+        "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
+        "SELECT :now, :key, id, 0, :request_id FROM cancelled) "
+        "SELECT id, order_id, order_number FROM cancelled"
+    )
+
+
 RECORD_ATTEMPT = (
     "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
     "VALUES (:now, :key, :ref, :outcome, :request_id)"
 )
-AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = ? AND environment = ? AND revoked_at IS NULL"
+AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
 
 
 def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | None) -> tuple[int | None, Outcome]:
@@ -112,35 +123,88 @@ def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | No
     return int(str(ref)), Outcome(order.order_id, order.order_number, cancellation_refusal(order))
 
 
-_BY_NUMBER = (cancel_statement("order_number"), explain_statement("order_number"))
-_BY_ID = (cancel_statement("order_id"), explain_statement("order_id"))
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The hot path's SQL in one placeholder style (SQLite's :name, or psycopg's %(name)s)."""
+
+    cancel_by_number: str
+    explain_by_number: str
+    cancel_by_id: str
+    explain_by_id: str
+    record_attempt: str
+    authenticate: str
+
+    @classmethod
+    def build(cls, style: Callable[[str], str] = lambda sql: sql) -> Statements:
+        return cls(
+            style(cancel_statement("order_number")),
+            style(explain_statement("order_number")),
+            style(cancel_statement("order_id")),
+            style(explain_statement("order_id")),
+            style(RECORD_ATTEMPT),
+            style(AUTHENTICATE),
+        )
+
+
+SQLITE_STATEMENTS = Statements.build()
 #: How often a cancellation is retried when the order became cancellable while it was refused.
 RETRIES = 3
 
 
-def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now: str) -> Outcome:
-    """Run one cancellation attempt inside the caller's open transaction."""
+class Step(NamedTuple):
+    """One statement to run; when it reads, the driver sends back its first row (or None)."""
+
+    statement: str
+    params: dict[str, object]
+    reads: bool = True
+
+
+Steps = Generator[Step, Sequence[object] | None, Outcome]
+
+
+def cancellation_steps(attempt: Attempt, now: object, statements: Statements = SQLITE_STATEMENTS) -> Steps:
+    """Yield the statements of one cancellation attempt, to run in one transaction; return its outcome.
+
+    The logic lives here once, free of I/O: SQLite runs the steps on its writer thread,
+    PostgreSQL awaits them on a pooled connection.
+    """
     params: dict[str, object] = {"now": now, "key": attempt.key_id, "request_id": attempt.request_id}
     target = attempt.target
     if isinstance(target, RequestError):
         outcome, ref = Outcome(None, attempt.echo, target), None
     else:
-        cancel, explain = _BY_ID if target.by_id else _BY_NUMBER
+        if target.by_id:
+            cancel, explain = statements.cancel_by_id, statements.explain_by_id
+        else:
+            cancel, explain = statements.cancel_by_number, statements.explain_by_number
         params["value"] = target.value
         for _ in range(RETRIES):
-            row = connection.execute(cancel, params).fetchone()
+            row = yield Step(cancel, params)
             if row is not None:
-                ref, outcome = row[0], Outcome(row[1], row[2])
+                ref, outcome = int(str(row[0])), Outcome(str(row[1]), str(row[2]))
                 break
-            ref, outcome = refusal_outcome(target, attempt.echo, connection.execute(explain, params).fetchone())
+            ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)))
             if outcome.error is not None:
                 break
         else:  # the order kept changing under us (claims released and taken again): say so
             outcome = Outcome(outcome.order_id, outcome.order_number, ProcessingStarted())
     if not isinstance(outcome.error, Unauthorized):
         params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
-        connection.execute(RECORD_ATTEMPT, params)
+        yield Step(statements.record_attempt, params, reads=False)
     return outcome
+
+
+def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now: str) -> Outcome:
+    """Run one cancellation attempt inside the caller's open transaction."""
+    steps = cancellation_steps(attempt, now)
+    row: Sequence[object] | None = None
+    try:
+        while True:
+            step = steps.send(row)
+            row = connection.execute(step.statement, step.params).fetchone()
+    except StopIteration as done:
+        outcome: Outcome = done.value
+        return outcome
 
 
 Job = Callable[[sqlite3.Connection], object]
@@ -274,7 +338,8 @@ class SqliteStore:
             raise RuntimeError("the SQLite writer has stopped")
 
     async def authenticate(self, code_hash: str) -> int | None:
-        row = self._read().execute(AUTHENTICATE, (code_hash, self._environment)).fetchone()
+        params = {"hash": code_hash, "environment": self._environment}
+        row = self._read().execute(SQLITE_STATEMENTS.authenticate, params).fetchone()
         return None if row is None else int(row[0])
 
     async def cancel(self, attempt: Attempt) -> Outcome:
@@ -286,7 +351,11 @@ class SqliteStore:
 
 def open_store(settings: Settings) -> Store:
     """Build the store the database URL names (not yet started)."""
+    if settings.is_postgres:
+        from ordercancel.postgres import PostgresStore  # psycopg is loaded only when it is used
+
+        return PostgresStore(settings.database_url, settings.environment, pool_size=settings.pool_size)
     path = settings.sqlite_path()
     if path is None:
-        raise ValueError(f"the HTTP service does not run on {settings.database_url!r} yet: use SQLite")
+        raise ValueError(f"no store for the database URL {settings.database_url!r}")
     return SqliteStore(str(path), settings.environment)
