@@ -18,7 +18,6 @@ from ordercancel.domain import (
     ProductionStarted,
     ProductionStatus,
     WrongOrderId,
-    WrongOrderNumber,
     cancellation_refusal,
     generated_order_number,
     lookup,
