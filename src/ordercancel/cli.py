@@ -1,4 +1,4 @@
-"""The admin command line: `ordercancel serve | db | keys | orders | demo`."""
+"""The admin command line: `ordercancel serve | db | keys | orders | audit | demo`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from ordercancel import database, service
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
+from ordercancel.observability import logging_config
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -110,6 +111,20 @@ def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
+    entries = service.list_attempts(
+        _engine(settings), settings.environment, api_code=args.api_code, order=args.order, limit=args.limit
+    )
+    if args.json:
+        _print_json({"attempts": [service.audit_fields(entry) for entry in entries]})
+    else:
+        for entry in entries:
+            outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
+            key = f"key {entry.key_id} {entry.key_name or '-'}"
+            print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
+    return 0
+
+
 #: One order for each outcome of the demo: (label, status, payment status, engineer).
 DEMO_ORDERS = [
     ("cancellable (isCanceled: true)", "Ordered", "PaymentOK", None),
@@ -159,7 +174,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Worker processes build their own app from the environment: hand the settings down.
     os.environ["ORDERCANCEL_DATABASE_URL"] = settings.database_url
     os.environ["ORDERCANCEL_ENVIRONMENT"] = settings.environment.value
-    print(f"ordercancel ({settings.environment.value}) on http://{args.host}:{args.port}", flush=True)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise CliError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path and not os.path.isfile(path):
+            raise CliError(f"no such file: {path}")
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         "ordercancel.app:create_app_from_env",
         factory=True,
@@ -169,8 +190,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         server_header=False,
         log_level="warning",
+        log_config=logging_config(args.log_level.upper()),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        # X-Forwarded-For is believed only from the configured proxies, and from nobody by default.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
     )
     return 0
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
@@ -216,6 +253,16 @@ def _parser() -> argparse.ArgumentParser:
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
     show.add_argument("order", metavar="NUMBER_OR_ID")
     show.add_argument("--json", action="store_true")
+
+    audit = commands.add_parser("audit", help="the cancellation record").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit_list = command(audit, "list", cmd_audit_list, "list cancellation attempts, oldest first")
+    which = audit_list.add_mutually_exclusive_group()
+    which.add_argument("--api-code", help="only this API code's attempts (revoked codes too)")
+    which.add_argument("--order", metavar="NUMBER_OR_ID", help="only the attempts that found this order")
+    audit_list.add_argument("--limit", type=_positive, help="only the newest N")
+    audit_list.add_argument("--json", action="store_true")
 
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
     demo.add_argument("--host", default="127.0.0.1")

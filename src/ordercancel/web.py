@@ -50,6 +50,8 @@ class Request:
     _receive: Receive
     _max_body: int
     _body_timeout: float
+    #: The API key's row id once a handler has authenticated the request (for the logs).
+    key_id: int | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -87,6 +89,10 @@ class Response:
     body: bytes = b""
     content_type: bytes = b"text/plain; charset=utf-8"
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The code the body carries (0 for a cancellation, else requestError.code), for the observers.
+    outcome: int | None = None
+    #: The exception that turned this response into a failure, for the observers.
+    failure: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +247,8 @@ class App:
         except (BodyTooLarge, BodyTimeout) as failure:
             status, reason = _BODY_FAILURES[type(failure)]
             return self._error(request, status, reason)
-        except Exception:
+        except Exception as error:
             log.exception("request %s failed", request.request_id)
-            return self._error(request, 500, "Internal Server Error")
+            response = self._error(request, 500, "Internal Server Error")
+            response.failure = error
+            return response
