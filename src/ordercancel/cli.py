@@ -16,6 +16,7 @@ from ordercancel import database, service
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
 from ordercancel.observability import logging_config
+from ordercancel.protocol import BoundedHttpToolsProtocol
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -191,6 +192,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
         log_level="warning",
         log_config=logging_config(args.log_level.upper()),
+        http=BoundedHttpToolsProtocol,  # uvicorn's own, with a bounded request head (size and time)
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         # X-Forwarded-For is believed only from the configured proxies, and from nobody by default.

@@ -52,6 +52,8 @@ class Request:
     _body_timeout: float
     #: The API key's row id once a handler has authenticated the request (for the logs).
     key_id: int | None = None
+    #: Whether the whole body has been received.
+    body_complete: bool = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -80,6 +82,7 @@ class Request:
                 raise BodyTooLarge()
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.body_complete = True
                 return b"".join(chunks)
 
 
@@ -201,6 +204,10 @@ class App:
             _body_timeout=self._body_timeout,
         )
         response = await self._respond(request)
+        if not request.body_complete and ("transfer-encoding" in headers or headers.get("content-length", "0") != "0"):
+            # A body left unread (refused, too large, too slow) would otherwise be read and
+            # discarded to keep the connection alive: a 1 GB upload costs us 1 GB of reading.
+            response.headers.append((b"connection", b"close"))
         response.headers.extend(self._default_headers)
         response.headers.append((b"x-request-id", request.request_id.encode()))
         await send(
