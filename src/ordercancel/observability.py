@@ -26,27 +26,41 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 OTHER_ENDPOINT = "other"
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object: time, level, logger, message and its extra fields."""
+    """Format a record as one JSON object: time, level, logger, message, then the record's `fields`.
+
+    Pass structured data as `extra={"fields": {...}}`: one dict to copy, not a record to scan.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update((k, v) for k, v in record.__dict__.items() if k not in _RECORD_FIELDS)
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """The dictConfig for `ordercancel serve`: our loggers in JSON on stderr, uvicorn's as they are.
+    """The dictConfig for `ordercancel serve`: every line on stderr is one JSON object, uvicorn's too.
 
     It is handed to uvicorn, which applies it in every worker process.
     """
@@ -57,6 +71,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "formatters": {**LOGGING_CONFIG["formatters"], "json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {
             **LOGGING_CONFIG["handlers"],
+            "default": {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
             "json": {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
         },
         "loggers": {
@@ -150,16 +165,14 @@ class AccessLog:
     def observe(self, request: Request, response: Response, elapsed: float) -> None:
         if not self._log.isEnabledFor(logging.INFO):
             return
-        self._log.info(
-            "request",
-            extra={
-                "request_id": request.request_id,
-                "method": request.method,
-                "endpoint": self._metrics.endpoint(request.path),
-                "status": response.status,
-                "outcome": response.outcome,
-                "latency_ms": round(elapsed * 1000, 3),
-                "key_id": request.key_id,
-                "client": request.client,
-            },
-        )
+        fields = {
+            "request_id": request.request_id,
+            "method": request.method,
+            "endpoint": self._metrics.endpoint(request.path),
+            "status": response.status,
+            "outcome": response.outcome,
+            "latency_ms": round(elapsed * 1000, 3),
+            "key_id": request.key_id,
+            "client": request.client,
+        }
+        self._log.info("request", extra={"fields": fields})
