@@ -7,8 +7,8 @@ client sees; at ~60 µs per request on the hot path it is the share of throughpu
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import time
 
 from ordercancel.app import BY_NUMBER_PATH
@@ -50,7 +50,7 @@ def main() -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     logger.propagate = False
     # A real file, so each line costs its write(2) as it does on stderr.
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115, PTH123
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     access = AccessLog(metrics, logger)
