@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from xml.etree.ElementTree import fromstring
 from xml.sax.saxutils import escape
 
@@ -15,6 +16,9 @@ from ordercancel.codecs import _NOT_XML, CODECS, DEFAULT, JSON, XML, negotiate, 
 from ordercancel.domain import Outcome, RequestError, WrongOrderNumber, WrongRequestBody
 
 FIELD = "orderNumber"
+#: Examples per property: a few hundred in `make test`, thousands in `make fuzz`.
+EXAMPLES = int(os.environ.get("ORDERCANCEL_PROPERTY_EXAMPLES", "200"))
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None)
 #: Characters XML 1.0 can carry; carriage returns are normalised to line feeds by every parser.
 XML_TEXT = st.text(
     st.characters(blacklist_categories=["Cs"], blacklist_characters="\r").filter(
@@ -30,19 +34,21 @@ NEAR_MISSES = st.one_of(
 )
 
 
+@PROPERTY
 @given(st.text())
 def test_any_json_string_value_is_read_back_unchanged(value: str) -> None:
     assert JSON.field(orjson.dumps({FIELD: value, "other": [1, {"x": None}]}), FIELD) == value
 
 
+@PROPERTY
 @given(XML_TEXT, st.sampled_from(["", 'xmlns="urn:x"', 'xmlns:p="urn:p"']))
 def test_any_xml_text_value_is_read_back_unchanged(value: str, namespace: str) -> None:
     body = f"<CancelOrderByNumberRequest {namespace}><{FIELD}>{escape(value)}</{FIELD}></CancelOrderByNumberRequest>"
     assert XML.field(body.encode(), FIELD) == value
 
 
+@PROPERTY
 @given(NEAR_MISSES, st.sampled_from(sorted(set(CODECS.values()), key=repr)))
-@settings(max_examples=400)
 def test_any_body_either_yields_a_field_or_is_wrong_request_body(body: bytes, codec: object) -> None:
     try:
         value = codec.field(body, FIELD)  # type: ignore[attr-defined]
@@ -51,6 +57,7 @@ def test_any_body_either_yields_a_field_or_is_wrong_request_body(body: bytes, co
     assert value is None or isinstance(value, str)
 
 
+@PROPERTY
 @given(st.one_of(st.none(), st.text(max_size=80)), NEAR_MISSES)
 def test_any_content_type_picks_a_codec_or_is_wrong_request_body(content_type: str | None, body: bytes) -> None:
     try:
@@ -60,6 +67,7 @@ def test_any_content_type_picks_a_codec_or_is_wrong_request_body(content_type: s
     assert codec in CODECS.values()
 
 
+@PROPERTY
 @given(st.text(max_size=200))
 def test_any_echoed_value_renders_a_well_formed_answer_in_both_formats(echo: str) -> None:
     fields = outcome_fields(Outcome(None, echo, WrongOrderNumber()))
@@ -96,6 +104,7 @@ def _expected(items: list[tuple[str, str | None]]) -> str:
     return best
 
 
+@PROPERTY
 @given(st.lists(st.tuples(MEDIA, Q), max_size=6), st.sampled_from([",", ", ", " ,"]))
 def test_negotiation_picks_the_highest_quality_type_the_client_named(
     items: list[tuple[str, str | None]], separator: str
@@ -106,6 +115,7 @@ def test_negotiation_picks_the_highest_quality_type_the_client_named(
     assert chosen.content_type == f"{chosen.media_type}; charset=utf-8".encode()
 
 
+@PROPERTY
 @given(st.text(max_size=500))
 def test_negotiation_never_fails_on_any_header(header: str) -> None:
     assert negotiate(header).media_type in CODECS
