@@ -130,7 +130,7 @@ class Metrics:
                 f'ordercancel_requests_total{{endpoint="{endpoint}",outcome="{outcome}",status="{status}"}} {count}'
             )
         lines += [
-            "# HELP ordercancel_request_duration_seconds Time from the request's arrival to its last byte sent.",
+            "# HELP ordercancel_request_duration_seconds Time from the request reaching the app to its answer sent.",
             "# TYPE ordercancel_request_duration_seconds histogram",
         ]
         name = "ordercancel_request_duration_seconds"
