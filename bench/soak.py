@@ -117,8 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--probe-seconds", type=int, default=20)
-    # Enough that every request of a ten-minute run at ~6,000/s is a fresh cancellation.
-    parser.add_argument("--orders", type=int, default=4_000_000)
+    # Enough that every request of a ten-minute run at ~8,000/s is a fresh cancellation.
+    parser.add_argument("--orders", type=int, default=6_000_000)
     parser.add_argument("--interval", type=int, default=60, help="seconds per measured interval (a 'minute')")
     parser.add_argument("--load", type=float, default=0.8, help="share of the measured maximum to hold")
     args = parser.parse_args()
