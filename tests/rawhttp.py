@@ -23,6 +23,11 @@ class NoResponse(Exception):
     """The server closed the connection without answering."""
 
 
+def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:
+    """Read one response from a connection the caller manages."""
+    return _read_response(sock, time.monotonic() + timeout)
+
+
 def _read_response(sock: socket.socket, deadline: float) -> RawResponse:
     data = b""
     while b"\r\n\r\n" not in data:

@@ -8,6 +8,7 @@ more than a bound, nothing reached a client as a traceback, and no order changed
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -312,6 +313,7 @@ def test_a_malformed_request_is_refused_by_the_http_parser_without_a_traceback(
         ("one-huge-header", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * (64 * MIB) + b"\r\n\r\n"),
         ("endless-headers", b"GET /healthz HTTP/1.1\r\n" + b"X-Junk: a\r\n" * (4 * MIB)),
         ("huge-url", b"GET /healthz?" + b"a" * (8 * MIB) + b" HTTP/1.1\r\n\r\n"),
+        ("whole-head-in-one-write", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * 40_000 + b"\r\n\r\n"),
     ],
 )
 def test_a_request_head_over_32_kib_is_refused_431_before_it_is_buffered(
@@ -322,6 +324,20 @@ def test_a_request_head_over_32_kib_is_refused_431_before_it_is_buffered(
     response = rawhttp.request(target.served.port, b"", pieces)
     assert (response.status, response.headers["connection"]) == (431, "close")
     assert response.sent <= 16 * MIB
+
+
+def test_a_large_head_is_refused_on_a_kept_alive_connection_too(target: Target) -> None:
+    with socket.create_connection(("127.0.0.1", target.served.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert rawhttp.read_response(sock).status == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * 40_000 + b"\r\n\r\n")
+        assert rawhttp.read_response(sock).status == 431
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_with_408(target: Target) -> None:
+    with socket.create_connection(("127.0.0.1", target.served.port), timeout=10) as sock:
+        response = rawhttp.read_response(sock)
+    assert (response.status, response.headers["connection"]) == (408, "close")
 
 
 def test_a_client_trickling_its_headers_is_cut_off_with_408(target: Target) -> None:
