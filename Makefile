@@ -35,3 +35,16 @@ format: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Hardening (issue 6): the long runs behind the README's Security figures.
+.PHONY: fuzz crash soak
+
+fuzz: install
+	ORDERCANCEL_FUZZ_EXAMPLES=$${ORDERCANCEL_FUZZ_EXAMPLES:-1500} ORDERCANCEL_PROPERTY_EXAMPLES=$${ORDERCANCEL_PROPERTY_EXAMPLES:-5000} \
+	  $(BIN)/pytest -s tests/test_fuzz_openapi.py tests/test_codec_properties.py tests/test_hostile_input.py
+
+crash: install
+	ORDERCANCEL_CRASH_KILLS=$${ORDERCANCEL_CRASH_KILLS:-25} $(BIN)/pytest -s tests/test_crash_consistency.py
+
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)

@@ -19,6 +19,7 @@ from ordercancel.domain import (
     lookup,
     parse_guid,
 )
+from ordercancel.observability import AccessLog, Metrics
 from ordercancel.openapi import openapi_document
 from ordercancel.store import Attempt, Store, open_store
 from ordercancel.web import App, Handler, Request, Response, Route
@@ -26,6 +27,7 @@ from ordercancel.web import App, Handler, Request, Response, Route
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
 ENVIRONMENT_HEADER = b"x-ordercancel-environment"
+METRICS_PATH = "/metrics"
 JSON_CONTENT_TYPE = b"application/json"
 
 #: The one table that maps a refusal to its HTTP status; every other refusal is 200.
@@ -55,7 +57,7 @@ def error_response(request: Request, status: int, reason: str) -> Response:
     negotiated = negotiate(request.header("accept"))
     error = _ERROR_BODIES.get(status) or _HttpError(status, reason)
     body = negotiated.codec.encode({"isCanceled": False, "requestError": error_fields(error)})
-    return Response(status, body, negotiated.content_type)
+    return Response(status, body, negotiated.content_type, outcome=error.code)
 
 
 def api_key_hash(request: Request) -> str | None:
@@ -72,6 +74,7 @@ def cancel_handler(store: Store, *, by_id: bool) -> Handler:
         code_hash = api_key_hash(request)
         # Authentication comes before the body is read: a stranger's body is never parsed.
         key_id = None if code_hash is None else await store.authenticate(code_hash)
+        request.key_id = key_id
         if key_id is None:
             outcome = Outcome(None, None, Unauthorized())
         else:
@@ -85,7 +88,8 @@ def cancel_handler(store: Store, *, by_id: bool) -> Handler:
                 target = error
             outcome = await store.cancel(Attempt(key_id, request.request_id, target, echo))
         status = HTTP_STATUS.get(type(outcome.error), 200) if outcome.error else 200
-        return Response(status, negotiated.codec.encode(outcome_fields(outcome)), negotiated.content_type)
+        body = negotiated.codec.encode(outcome_fields(outcome))
+        return Response(status, body, negotiated.content_type, outcome=outcome.error.code if outcome.error else 0)
 
     return cancel
 
@@ -96,7 +100,7 @@ def health_handler(store: Store, settings: Settings) -> Handler:
             await store.ping()
         except Exception as error:
             body = {"status": "unavailable", "environment": settings.environment.value, "reason": type(error).__name__}
-            return Response(503, orjson.dumps(body), JSON_CONTENT_TYPE)
+            return Response(503, orjson.dumps(body), JSON_CONTENT_TYPE, failure=error)
         return Response(
             200, orjson.dumps({"status": "ok", "environment": settings.environment.value}), JSON_CONTENT_TYPE
         )
@@ -115,11 +119,13 @@ def openapi_handler(settings: Settings) -> Handler:
 
 def create_app(settings: Settings, store: Store) -> App:
     """Build the ASGI application from its collaborators; the store is started by the lifespan."""
+    metrics = Metrics([BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH])
     routes = [
         Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, by_id=False)}),
         Route(BY_ID_PATH, {"POST": cancel_handler(store, by_id=True)}),
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
+        Route(METRICS_PATH, {"GET": metrics.handler()}),
     ]
     on_shutdown = [store.close]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
@@ -131,6 +137,7 @@ def create_app(settings: Settings, store: Store) -> App:
         error=error_response,
         on_startup=[store.start],
         on_shutdown=on_shutdown,
+        observers=[metrics.observe, AccessLog(metrics).observe],
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],
         max_body=settings.max_body_bytes,
         body_timeout=settings.body_timeout,

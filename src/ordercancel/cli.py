@@ -1,4 +1,4 @@
-"""The admin command line: `ordercancel serve | db | keys | orders | demo`."""
+"""The admin command line: `ordercancel serve | db | keys | orders | audit | demo`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sqlalchemy.exc import OperationalError
 from ordercancel import database, service
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
+from ordercancel.observability import logging_config
+from ordercancel.protocol import BoundedHttpToolsProtocol
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -135,6 +137,20 @@ def cmd_orders_release(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
+    entries = service.list_attempts(
+        _engine(settings), settings.environment, api_code=args.api_code, order=args.order, limit=args.limit
+    )
+    if args.json:
+        _print_json({"attempts": [service.audit_fields(entry) for entry in entries]})
+    else:
+        for entry in entries:
+            outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
+            key = f"key {entry.key_id} {entry.key_name or '-'}"
+            print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
+    return 0
+
+
 #: One order for each outcome of the demo: (label, status, payment status, engineer).
 DEMO_ORDERS = [
     ("cancellable (isCanceled: true)", "Ordered", "PaymentOK", None),
@@ -186,7 +202,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["ORDERCANCEL_ENVIRONMENT"] = settings.environment.value
     os.environ["ORDERCANCEL_POOL_SIZE"] = str(settings.pool_size)
     os.environ["ORDERCANCEL_ADMIN_TOKEN"] = settings.admin_token
-    print(f"ordercancel ({settings.environment.value}) on http://{args.host}:{args.port}", flush=True)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise CliError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path and not os.path.isfile(path):
+            raise CliError(f"no such file: {path}")
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         "ordercancel.app:create_app_from_env",
         factory=True,
@@ -196,6 +218,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         server_header=False,
         log_level="warning",
+        log_config=logging_config(args.log_level.upper()),
+        http=BoundedHttpToolsProtocol,  # uvicorn's own, with a bounded request head (size and time)
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        # X-Forwarded-For is believed only from the configured proxies, and from nobody by default.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
     )
     return 0
 
@@ -223,21 +252,14 @@ _LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentPa
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--database-url", default=argparse.SUPPRESS, help="overrides ORDERCANCEL_DATABASE_URL")
-    common.add_argument(
-        "--environment", default=argparse.SUPPRESS, help="sandbox or production; overrides ORDERCANCEL_ENVIRONMENT"
-    )
-    parser = argparse.ArgumentParser(prog="ordercancel", description=__doc__, parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
-    def command(group: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
 
-    serve = command(commands, "serve", cmd_serve, "run the HTTP service")
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
@@ -251,20 +273,12 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="enables the admin HTTP API; overrides ORDERCANCEL_ADMIN_TOKEN (prefer the variable: argv is visible)",
     )
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
-    command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
 
-    keys = commands.add_parser("keys", help="API codes").add_subparsers(dest="keys_command", required=True)
-    create_key = command(keys, "create", cmd_keys_create, "issue an API code (shown once)")
-    create_key.add_argument("--name", default="")
-    create_key.add_argument("--json", action="store_true")
-    revoke = command(keys, "revoke", cmd_keys_revoke, "revoke an API code")
-    revoke.add_argument("api_code", metavar="API_CODE")
-    list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
-    list_keys.add_argument("--json", action="store_true")
-
-    orders = commands.add_parser("orders", help="orders").add_subparsers(dest="orders_command", required=True)
+def _order_commands(orders: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     create_order = command(orders, "create", cmd_orders_create, "create an order for an API code")
     create_order.add_argument("--api-code", required=True)
     create_order.add_argument("--status", default=ProductionStatus.ORDERED.value)
@@ -281,6 +295,48 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("order", metavar="NUMBER_OR_ID")
         extra(sub)
         sub.add_argument("--json", action="store_true")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", default=argparse.SUPPRESS, help="overrides ORDERCANCEL_DATABASE_URL")
+    common.add_argument(
+        "--environment", default=argparse.SUPPRESS, help="sandbox or production; overrides ORDERCANCEL_ENVIRONMENT"
+    )
+    parser = argparse.ArgumentParser(prog="ordercancel", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    _serve_arguments(command(commands, "serve", cmd_serve, "run the HTTP service"))
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
+
+    keys = commands.add_parser("keys", help="API codes").add_subparsers(dest="keys_command", required=True)
+    create_key = command(keys, "create", cmd_keys_create, "issue an API code (shown once)")
+    create_key.add_argument("--name", default="")
+    create_key.add_argument("--json", action="store_true")
+    revoke = command(keys, "revoke", cmd_keys_revoke, "revoke an API code")
+    revoke.add_argument("api_code", metavar="API_CODE")
+    list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
+    list_keys.add_argument("--json", action="store_true")
+
+    orders = commands.add_parser("orders", help="orders").add_subparsers(dest="orders_command", required=True)
+    _order_commands(orders, command)
+
+    audit = commands.add_parser("audit", help="the cancellation record").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit_list = command(audit, "list", cmd_audit_list, "list cancellation attempts, oldest first")
+    which = audit_list.add_mutually_exclusive_group()
+    which.add_argument("--api-code", help="only this API code's attempts (revoked codes too)")
+    which.add_argument("--order", metavar="NUMBER_OR_ID", help="only the attempts that found this order")
+    audit_list.add_argument("--limit", type=_positive, help="only the newest N")
+    audit_list.add_argument("--json", action="store_true")
 
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
     demo.add_argument("--host", default="127.0.0.1")

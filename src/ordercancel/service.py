@@ -29,7 +29,7 @@ from ordercancel.domain import (
     payments_before,
     statuses_before,
 )
-from ordercancel.schema import api_keys, orders
+from ordercancel.schema import api_keys, cancellation_attempts, orders
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
@@ -195,9 +195,8 @@ def _named(ref: str) -> ColumnElement[bool]:
 def find_order(engine: Engine, ref: str) -> Order:
     """Find an order by its number or its ID."""
     ref = ref.strip()
-    condition = _named(ref)
     with engine.connect() as connection:
-        row = connection.execute(select(orders).where(condition)).first()
+        row = connection.execute(select(orders).where(_named(ref))).first()
     if row is None:
         raise OrderNotFound(f"no order {ref!r}")
     return order_from_row(row._mapping)
@@ -350,3 +349,95 @@ def release(engine: Engine, ref: str) -> Order:
         return None if order.engineer else f"order {order.order_number} is not claimed by anyone"
 
     return _transition(engine, ref, orders.c.engineer.is_not(None), {"engineer": None, "claimed_at": None}, explain)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One recorded cancellation attempt: outcome 0 is a cancellation, else the refusal's code."""
+
+    id: int
+    at: datetime
+    key_id: int
+    key_name: str
+    order_id: str | None
+    order_number: str | None
+    outcome: int
+    request_id: str
+
+
+def list_attempts(
+    engine: Engine,
+    environment: Environment,
+    *,
+    api_code: str | None = None,
+    order: str | None = None,
+    limit: int | None = None,
+) -> list[AuditEntry]:
+    """Read the cancellation record of one environment, oldest first; the newest `limit` when given.
+
+    An API code selects its attempts even after it was revoked; an order (number or ID) selects
+    the attempts that found it.
+    """
+    attempts = cancellation_attempts
+    query = (
+        select(
+            attempts.c.id,
+            attempts.c.at,
+            attempts.c.api_key_id,
+            api_keys.c.name,
+            orders.c.order_id,
+            orders.c.order_number,
+            attempts.c.outcome,
+            attempts.c.request_id,
+        )
+        .join(api_keys, api_keys.c.id == attempts.c.api_key_id)
+        .outerjoin(orders, orders.c.id == attempts.c.order_ref)
+        .where(api_keys.c.environment == environment.value)
+        .order_by(attempts.c.id.desc())
+    )
+    with engine.connect() as connection:
+        if api_code is not None:
+            key_id = connection.scalar(
+                select(api_keys.c.id).where(
+                    api_keys.c.code_hash == hash_api_code(canonical_api_code(api_code)),
+                    api_keys.c.environment == environment.value,
+                )
+            )
+            if key_id is None:
+                raise UnknownApiCode(f"no API code like that in the {environment.value} environment")
+            query = query.where(attempts.c.api_key_id == key_id)
+        if order is not None:
+            ref = connection.scalar(select(orders.c.id).where(_named(order.strip())))
+            if ref is None:
+                raise OrderNotFound(f"no order {order.strip()!r}")
+            query = query.where(attempts.c.order_ref == ref)
+        if limit is not None:
+            query = query.limit(limit)
+        rows = list(connection.execute(query))
+    return [
+        AuditEntry(
+            row.id,
+            as_utc(row.at) or utcnow(),
+            row.api_key_id,
+            row.name,
+            row.order_id,
+            row.order_number,
+            row.outcome,
+            row.request_id,
+        )
+        for row in reversed(rows)
+    ]
+
+
+def audit_fields(entry: AuditEntry) -> dict[str, object]:
+    """The fields `audit list --json` prints for one attempt."""
+    return {
+        "id": entry.id,
+        "at": entry.at.isoformat(),
+        "keyId": entry.key_id,
+        "keyName": entry.key_name,
+        "orderId": entry.order_id,
+        "orderNumber": entry.order_number,
+        "outcome": entry.outcome,
+        "requestId": entry.request_id,
+    }

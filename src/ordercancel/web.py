@@ -50,6 +50,10 @@ class Request:
     _receive: Receive
     _max_body: int
     _body_timeout: float
+    #: The API key's row id once a handler has authenticated the request (for the logs).
+    key_id: int | None = None
+    #: Whether the whole body has been received.
+    body_complete: bool = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -78,6 +82,7 @@ class Request:
                 raise BodyTooLarge()
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self.body_complete = True
                 return b"".join(chunks)
 
 
@@ -87,6 +92,10 @@ class Response:
     body: bytes = b""
     content_type: bytes = b"text/plain; charset=utf-8"
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The code the body carries (0 for a cancellation, else requestError.code), for the observers.
+    outcome: int | None = None
+    #: The exception that turned this response into a failure, for the observers.
+    failure: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,10 @@ class App:
             _body_timeout=self._body_timeout,
         )
         response = await self._respond(request)
+        if not request.body_complete and ("transfer-encoding" in headers or headers.get("content-length", "0") != "0"):
+            # A body left unread (refused, too large, too slow) would otherwise be read and
+            # discarded to keep the connection alive: a 1 GB upload costs us 1 GB of reading.
+            response.headers.append((b"connection", b"close"))
         response.headers.extend(self._default_headers)
         response.headers.append((b"x-request-id", request.request_id.encode()))
         await send(
@@ -241,6 +254,8 @@ class App:
         except (BodyTooLarge, BodyTimeout) as failure:
             status, reason = _BODY_FAILURES[type(failure)]
             return self._error(request, status, reason)
-        except Exception:
+        except Exception as error:
             log.exception("request %s failed", request.request_id)
-            return self._error(request, 500, "Internal Server Error")
+            response = self._error(request, 500, "Internal Server Error")
+            response.failure = error
+            return response
