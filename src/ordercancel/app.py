@@ -7,7 +7,7 @@ import hashlib
 import orjson
 
 from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
-from ordercancel.config import Settings
+from ordercancel.config import Environment, Settings
 from ordercancel.domain import (
     Lookup,
     Outcome,
@@ -19,6 +19,7 @@ from ordercancel.domain import (
     parse_guid,
 )
 from ordercancel.openapi import openapi_document
+from ordercancel.sandbox import SANDBOX_ORDERS_PATH, TestOrders
 from ordercancel.store import Attempt, Store, open_store
 from ordercancel.web import App, Handler, Request, Response, Route
 
@@ -120,11 +121,16 @@ def create_app(settings: Settings, store: Store) -> App:
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
     ]
+    on_shutdown = [store.close]
+    if settings.environment is Environment.SANDBOX:  # in production the path does not exist: 404
+        test_orders = TestOrders(settings, store, HTTP_STATUS)
+        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": test_orders.handle}))
+        on_shutdown.append(test_orders.close)
     return App(
         routes,
         error=error_response,
         on_startup=[store.start],
-        on_shutdown=[store.close],
+        on_shutdown=on_shutdown,
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],
         max_body=settings.max_body_bytes,
         body_timeout=settings.body_timeout,
