@@ -8,6 +8,7 @@ import orjson
 
 from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
+from ordercancel.demo import demo_routes
 from ordercancel.domain import (
     Lookup,
     Outcome,
@@ -120,6 +121,7 @@ def create_app(settings: Settings, store: Store) -> App:
         Route(BY_ID_PATH, {"POST": cancel_handler(store, by_id=True)}),
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
+        *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
     ]
     on_shutdown = [store.close]
     if settings.environment is Environment.SANDBOX:  # in production the path does not exist: 404
