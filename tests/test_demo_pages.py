@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,1500",
+    "--window-size=1280,1150",
 ]
 
 
