@@ -136,6 +136,9 @@ class DemoPage:
     def value(self, element_id: str) -> str:
         return str(self._element(element_id).get_attribute("value"))
 
+    def source(self) -> str:
+        return str(self._driver.page_source)
+
     def text(self, element_id: str) -> str:
         return str(self._element(element_id).text)
 
@@ -176,7 +179,7 @@ def test_a_json_cancellation_by_number_shows_the_exchange_with_the_api_code_mask
     request = page.text("request")
     assert request.startswith("POST /web-api/order/CancelOrderByNumber HTTP/1.1\n")
     assert f"apiCode: {masked(api_code)}" in request
-    assert api_code not in request and api_code[4:-4] not in page._driver.page_source
+    assert api_code not in request and api_code[4:-4] not in page.source()
     assert "Content-Type: application/json" in request
     assert f'"orderNumber": "{order.order_number}"' in request
 

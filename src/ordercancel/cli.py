@@ -149,6 +149,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"-d '<CancelOrderByNumberRequest><orderNumber>{first.order_number}</orderNumber>"
         "</CancelOrderByNumberRequest>'\n"
     )
+    print(f"Or in a browser: {base}/api/demo/order-cancellation-by-number-api.htm")
     return 0
 
 
