@@ -110,6 +110,11 @@ def demo_routes(settings: Settings, by_number_path: str, by_id_path: str) -> lis
     return [
         Route(by_number.path, {"GET": _static(render_page(by_number, by_id, settings.environment), html)}),
         Route(by_id.path, {"GET": _static(render_page(by_id, by_number, settings.environment), html)}),
-        Route(DEMO_PREFIX + "demo.js", {"GET": _static((static / "demo.js").read_bytes(), b"text/javascript")}),
-        Route(DEMO_PREFIX + "demo.css", {"GET": _static((static / "demo.css").read_bytes(), b"text/css")}),
+        Route(
+            DEMO_PREFIX + "demo.js",
+            {"GET": _static((static / "demo.js").read_bytes(), b"text/javascript; charset=utf-8")},
+        ),
+        Route(
+            DEMO_PREFIX + "demo.css", {"GET": _static((static / "demo.css").read_bytes(), b"text/css; charset=utf-8")}
+        ),
     ]
