@@ -8,7 +8,8 @@ import orjson
 
 from ordercancel.admin_api import AdminApi
 from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
-from ordercancel.config import Settings
+from ordercancel.config import Environment, Settings
+from ordercancel.demo import demo_routes
 from ordercancel.domain import (
     Lookup,
     Outcome,
@@ -21,6 +22,7 @@ from ordercancel.domain import (
 )
 from ordercancel.observability import AccessLog, Metrics
 from ordercancel.openapi import openapi_document
+from ordercancel.sandbox import SANDBOX_ORDERS_PATH, TestOrders
 from ordercancel.store import Attempt, Store, open_store
 from ordercancel.web import App, Handler, Request, Response, Route
 
@@ -126,12 +128,17 @@ def create_app(settings: Settings, store: Store) -> App:
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
+        *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
     ]
     on_shutdown = [store.close]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
         admin = AdminApi(settings)
         routes.extend(admin.routes())
         on_shutdown.append(admin.close)
+    if settings.environment is Environment.SANDBOX:  # in production the path does not exist: 404
+        test_orders = TestOrders(settings, store, HTTP_STATUS)
+        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": test_orders.handle}))
+        on_shutdown.append(test_orders.close)
     return App(
         routes,
         error=error_response,

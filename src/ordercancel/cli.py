@@ -1,4 +1,4 @@
-"""The admin command line: `ordercancel serve | db | keys | orders | audit | demo`."""
+"""The admin command line: `ordercancel serve | db | keys | orders | audit | demo`, and the client's `cancel`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ordercancel import database, service
+from ordercancel import cancel_command, database, service
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
 from ordercancel.observability import logging_config
@@ -190,6 +190,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"-d '<CancelOrderByNumberRequest><orderNumber>{first.order_number}</orderNumber>"
         "</CancelOrderByNumberRequest>'\n"
     )
+    print(f"Or in a browser: {base}/api/demo/order-cancellation-by-number-api.htm")
     return 0
 
 
@@ -341,6 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
+
+    cancel_command.register(commands)
     return parser
 
 

@@ -37,8 +37,11 @@ class Codec(Protocol):
         """Return every scalar top-level field of a request body (strings, or None for null)."""
         ...
 
-    def encode(self, fields: Mapping[str, object]) -> bytes:
-        """Render an ordered mapping of fields (values str, bool, int, None or nested mapping)."""
+    def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
+        """Render an ordered mapping of fields (values str, bool, int, None or nested mapping).
+
+        root names the XML document element; JSON has none and ignores it.
+        """
         ...
 
 
@@ -64,7 +67,7 @@ class JsonCodec:
             raise WrongRequestBody()
         return {k: v for k, v in document.items() if isinstance(v, str) or v is None}
 
-    def encode(self, fields: Mapping[str, object]) -> bytes:
+    def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
         return orjson.dumps(fields)
 
 
@@ -108,8 +111,8 @@ class XmlCodec:
             found[name] = self._value(child)
         return found
 
-    def encode(self, fields: Mapping[str, object]) -> bytes:
-        return f'<?xml version="1.0" encoding="utf-8"?>{_element(XML_ROOT, fields)}'.encode()
+    def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
+        return f'<?xml version="1.0" encoding="utf-8"?>{_element(root, fields)}'.encode()
 
 
 def _element(name: str, value: object) -> str:

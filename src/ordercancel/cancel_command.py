@@ -1,0 +1,97 @@
+"""`ordercancel cancel NUMBER`: cancel one order through the API, with the client library.
+
+Exit status:
+  0  cancelled
+  3  refused: the server answered with a refusal (401, 501-509); the code and message are printed
+  4  no answer: the connection failed on every attempt
+  5  the server failed (500 after retries) or answered something that is not this API
+  (2 is a usage error, as for every command.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from ordercancel.client import ApiError, Cancellation, Client, ServerError, TransportError, UnexpectedResponse
+
+EXIT_CANCELLED = 0
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_NO_ANSWER = 4
+EXIT_SERVER_FAILED = 5
+#: Read when --api-code is not given, so that the code need not appear in a process listing.
+API_CODE_VARIABLE = "ORDERCANCEL_API_CODE"
+
+
+def register(commands: Any) -> None:
+    """Add the `cancel` command to the CLI's subcommands."""
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel an order through the API (the client)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cancel.set_defaults(handler=lambda args, _settings: run(args))
+    cancel.add_argument("order", metavar="NUMBER", help="the order number (with --by-id: the order ID)")
+    cancel.add_argument("--api-code", default=os.environ.get(API_CODE_VARIABLE), help=f"default: ${API_CODE_VARIABLE}")
+    cancel.add_argument("--url", required=True, help="base URL of the service, such as http://127.0.0.1:8080")
+    cancel.add_argument("--format", choices=["json", "xml"], default="json", help="request and response format")
+    cancel.add_argument("--by-id", action="store_true", help="NUMBER is an order ID (a GUID)")
+    cancel.add_argument("--json", action="store_true", help="print the decoded response as JSON")
+    cancel.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default 10)")
+    cancel.add_argument("--retries", type=int, default=2, help="retries on connection failure or 500 (default 2)")
+
+
+def _print(fields: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+
+
+def _cancelled(result: Cancellation, as_json: bool) -> int:
+    if as_json:
+        _print(result.fields)
+    else:
+        where = f" in the {result.environment}" if result.environment else ""
+        print(f"cancelled: order {result.order_number} ({result.order_id}){where}")
+    return EXIT_CANCELLED
+
+
+def _refused(error: ApiError, as_json: bool) -> int:
+    failed = isinstance(error, ServerError | UnexpectedResponse)
+    if as_json and error.fields:
+        _print(error.fields)
+    else:
+        print(f"{'failed' if failed else 'not cancelled'}: {error.code} {error.message}")
+    if error.code == 507 and error.retried:
+        print(
+            f"note: after {error.attempts} attempts; an earlier attempt most likely cancelled the order",
+            file=sys.stderr,
+        )
+    return EXIT_SERVER_FAILED if failed else EXIT_REFUSED
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.api_code:
+        print(f"ordercancel cancel: give --api-code or set {API_CODE_VARIABLE}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = Client(
+            args.api_code, base_url=args.url, format=args.format, timeout=args.timeout, retries=args.retries
+        )
+    except (ValueError, httpx.InvalidURL) as error:
+        print(f"ordercancel cancel: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    with client:
+        try:
+            result = client.cancel_by_id(args.order) if args.by_id else client.cancel_by_number(args.order)
+        except ApiError as error:
+            return _refused(error, args.json)
+        except TransportError as error:
+            print(f"ordercancel cancel: {error.message}", file=sys.stderr)
+            return EXIT_NO_ANSWER
+    return _cancelled(result, args.json)

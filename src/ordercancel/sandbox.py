@@ -1,0 +1,154 @@
+"""Test orders on demand, in the sandbox only: `POST /web-api/sandbox/orders`.
+
+An integrator creates an order for their own API code in the state that triggers the outcome
+they want to see, then cancels it through the real API. The route is not registered at all in
+production, so there the path is 404 like any other unknown one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from sqlalchemy import Engine
+
+from ordercancel import database, service
+from ordercancel.codecs import Negotiated, error_fields, negotiate, request_codec
+from ordercancel.config import Settings
+from ordercancel.domain import (
+    Order,
+    PaymentStatus,
+    ProductionStatus,
+    RequestError,
+    Unauthorized,
+    WrongRequestBody,
+    parse_guid,
+)
+from ordercancel.store import Store
+from ordercancel.web import Request, Response
+
+SANDBOX_ORDERS_PATH = "/web-api/sandbox/orders"
+#: The XML document element of every answer of this endpoint.
+XML_ROOT = "CreateTestOrderResponse"
+#: Longest engineer name accepted: a name, not a document.
+MAX_ENGINEER_LENGTH = 64
+
+
+class InvalidTestOrder(RequestError):
+    """A field of a test order request has a value we cannot use; the message names it."""
+
+    code = WrongRequestBody.code
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # type: ignore[misc]
+        Exception.__init__(self, message)
+
+
+#: The fields that name a status: (keyword of service.create_order, field, the values allowed).
+_CHOICES = [
+    ("status", "status", [s.value for s in ProductionStatus]),
+    ("payment_status", "paymentStatus", [s.value for s in PaymentStatus]),
+]
+
+
+def _optional(fields: Mapping[str, str | None], name: str) -> str | None:
+    """Return a field's trimmed value; absent, null and blank all mean "use the default"."""
+    value = fields.get(name)
+    return (value or "").strip() or None
+
+
+@dataclass(frozen=True, slots=True)
+class TestOrderRequest:
+    """The state a test order is created in: the issue's defaults unless the body says otherwise."""
+
+    __test__ = False  # not a pytest class, whatever its name says
+
+    status: str = ProductionStatus.ORDERED.value
+    payment_status: str = PaymentStatus.OK.value
+    engineer: str | None = None
+
+
+def test_order_request(content_type: str | None, body: bytes) -> TestOrderRequest:
+    """Read the optional fields of a test order request; an empty body asks for every default."""
+    if not body.strip():
+        return TestOrderRequest()
+    fields = request_codec(content_type, body).fields(body)
+    chosen = {
+        "status": _optional(fields, "status"),
+        "payment_status": _optional(fields, "paymentStatus"),
+        "engineer": _optional(fields, "engineer"),
+    }
+    for name, field, allowed in _CHOICES:
+        value = chosen[name]
+        if value is not None and value not in allowed:
+            raise InvalidTestOrder(f"{field} {value!r} is not one of: {', '.join(allowed)}")
+    engineer = chosen["engineer"]
+    if engineer is not None and (len(engineer) > MAX_ENGINEER_LENGTH or not engineer.isprintable()):
+        raise InvalidTestOrder(f"engineer must be a name of at most {MAX_ENGINEER_LENGTH} printable characters")
+    return replace(TestOrderRequest(), **{name: value for name, value in chosen.items() if value is not None})
+
+
+def order_response_fields(order: Order) -> dict[str, object]:
+    """The fields of a created test order, in answer order."""
+    fields: dict[str, object] = {
+        "orderId": order.order_id,
+        "orderNumber": order.order_number,
+        "status": order.status.value,
+        "paymentStatus": order.payment_status.value,
+    }
+    if order.engineer is not None:
+        fields["engineer"] = order.engineer
+    return fields
+
+
+class TestOrders:
+    """The handler of the sandbox's test order endpoint, and the engine it writes through."""
+
+    __test__ = False  # not a pytest class, whatever its name says
+
+    def __init__(self, settings: Settings, store: Store, http_status: Mapping[type[RequestError], int]) -> None:
+        self._settings = settings
+        self._store = store
+        self._http_status = http_status
+        self._engine: Engine | None = None
+
+    def _create(self, api_code: str, wanted: TestOrderRequest) -> Order:
+        if self._engine is None:
+            self._engine = database.create_sync_engine(self._settings)
+        return service.create_order(
+            self._engine,
+            self._settings.environment,
+            api_code,
+            status=wanted.status,
+            payment_status=wanted.payment_status,
+            engineer=wanted.engineer,
+        )
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    async def handle(self, request: Request) -> Response:
+        """Authenticate like a cancellation, then create the order the body describes."""
+        negotiated = negotiate(request.header("accept"))
+        api_code = parse_guid((request.header("apicode") or "").strip())
+        try:
+            # Authentication comes before the body is read, as on the cancellation endpoints.
+            if api_code is None or await self._store.authenticate(service.hash_api_code(api_code)) is None:
+                raise Unauthorized()
+            wanted = test_order_request(request.header("content-type"), await request.body())
+            order = await asyncio.to_thread(self._create, api_code, wanted)
+        except RequestError as error:
+            return self._refusal(error, negotiated)
+        except service.UnknownApiCode:  # revoked between the two look-ups
+            return self._refusal(Unauthorized(), negotiated)
+        except service.InvalidValue as error:
+            return self._refusal(InvalidTestOrder(str(error)), negotiated)
+        body = negotiated.codec.encode(order_response_fields(order), XML_ROOT)
+        return Response(200, body, negotiated.content_type)
+
+    def _refusal(self, error: RequestError, negotiated: Negotiated) -> Response:
+        status = self._http_status.get(type(error), 200)
+        body = negotiated.codec.encode({"requestError": error_fields(error)}, XML_ROOT)
+        return Response(status, body, negotiated.content_type)

@@ -1,0 +1,194 @@
+// The demo page: build a well-formed request, send it to this server, show the raw exchange.
+"use strict";
+
+(() => {
+  const page = document.body.dataset;
+  const byId = (id) => document.getElementById(id);
+
+  /** Show the first and last four characters of an API code, never the rest. */
+  function maskApiCode(code) {
+    if (code.length <= 8) return "\u2022".repeat(code.length);
+    return code.slice(0, 4) + code.slice(4, -4).replace(/[^-]/g, "\u2022") + code.slice(-4);
+  }
+
+  function escapeXml(text) {
+    return String(text)
+      .replace(/&/g, "&amp;")
+      .replace(/</g, "&lt;")
+      .replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;")
+      .replace(/'/g, "&apos;");
+  }
+
+  const isJson = (mediaType) => /json/i.test(mediaType);
+
+  function encodeBody(mediaType, root, fields) {
+    if (isJson(mediaType)) return JSON.stringify(fields);
+    const inner = Object.entries(fields)
+      .map(([name, value]) => `<${name}>${escapeXml(value)}</${name}>`)
+      .join("");
+    return `<${root}>${inner}</${root}>`;
+  }
+
+  function parseXml(text) {
+    const doc = new DOMParser().parseFromString(text, "application/xml");
+    return doc.getElementsByTagName("parsererror").length ? null : doc;
+  }
+
+  function prettyXml(text) {
+    const doc = parseXml(text);
+    if (!doc) return text;
+    const lines = /^\s*<\?xml[^>]*\?>/.test(text) ? [text.trim().match(/^<\?xml[^>]*\?>/)[0]] : [];
+    const walk = (element, depth) => {
+      const pad = "  ".repeat(depth);
+      const children = Array.from(element.children);
+      if (!children.length) {
+        lines.push(`${pad}<${element.nodeName}>${escapeXml(element.textContent)}</${element.nodeName}>`);
+        return;
+      }
+      lines.push(`${pad}<${element.nodeName}>`);
+      children.forEach((child) => walk(child, depth + 1));
+      lines.push(`${pad}</${element.nodeName}>`);
+    };
+    walk(doc.documentElement, 0);
+    return lines.join("\n");
+  }
+
+  function pretty(mediaType, text) {
+    if (!text) return "";
+    if (isJson(mediaType)) {
+      try {
+        return JSON.stringify(JSON.parse(text), null, 2);
+      } catch {
+        return text;
+      }
+    }
+    return /xml/i.test(mediaType) ? prettyXml(text) : text;
+  }
+
+  /** Read an answer's top-level fields (and requestError's) whatever its format. */
+  function decode(mediaType, text) {
+    if (isJson(mediaType)) {
+      try {
+        return JSON.parse(text);
+      } catch {
+        return null;
+      }
+    }
+    const doc = parseXml(text);
+    if (!doc) return null;
+    const read = (element) => {
+      const fields = {};
+      for (const child of element.children) {
+        fields[child.nodeName] = child.children.length ? read(child) : child.textContent;
+      }
+      return fields;
+    };
+    const fields = read(doc.documentElement);
+    if ("isCanceled" in fields) fields.isCanceled = fields.isCanceled === "true";
+    return fields;
+  }
+
+  function showOutcome(text, kind) {
+    const outcome = byId("outcome");
+    outcome.textContent = text;
+    outcome.className = `outcome ${kind}`;
+  }
+
+  /** POST a body to this server and show the exchange; return the decoded answer (or null). */
+  async function exchange(path, mediaType, accept, body) {
+    const apiCode = byId("api-code").value.trim();
+    const headers = { apiCode, "Content-Type": mediaType, Accept: accept };
+    byId("request").textContent = [
+      `POST ${path} HTTP/1.1`,
+      `Host: ${location.host}`,
+      `apiCode: ${maskApiCode(apiCode)}`,
+      `Content-Type: ${mediaType}`,
+      `Accept: ${accept}`,
+      `Content-Length: ${new TextEncoder().encode(body).length}`,
+      "",
+      pretty(mediaType, body),
+    ].join("\n");
+    byId("response").textContent = "\u2026";
+    let response;
+    let text;
+    try {
+      response = await fetch(path, { method: "POST", headers, body, credentials: "omit", cache: "no-store" });
+      text = await response.text();
+    } catch (error) {
+      byId("response").textContent = `No answer: ${error.message}`;
+      showOutcome("The server did not answer.", "refused");
+      return null;
+    }
+    const contentType = response.headers.get("content-type") || "";
+    const lines = [`HTTP/1.1 ${response.status} ${response.statusText}`];
+    response.headers.forEach((value, name) => lines.push(`${name}: ${value}`));
+    lines.push("", pretty(contentType, text));
+    byId("response").textContent = lines.join("\n");
+    return decode(contentType, text) || {};
+  }
+
+  function describeError(answer) {
+    const error = answer.requestError || {};
+    return `${error.code || "?"}: ${error.message || "no message"}`;
+  }
+
+  async function busy(button, work) {
+    button.disabled = true;
+    try {
+      await work();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  byId("cancel-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const mediaType = byId("request-format").value;
+    const fields = { [page.field]: byId("order-ref").value.trim() };
+    busy(byId("send"), async () => {
+      const answer = await exchange(
+        page.apiPath,
+        mediaType,
+        byId("accept").value,
+        encodeBody(mediaType, page.requestRoot, fields),
+      );
+      if (!answer) return;
+      if (answer.isCanceled === true) {
+        showOutcome(`Cancelled: order ${answer.orderNumber} (${answer.orderId}).`, "ok");
+      } else {
+        showOutcome(`Not cancelled. ${describeError(answer)}`, "refused");
+      }
+    });
+  });
+
+  const testOrderForm = byId("test-order-form");
+  if (testOrderForm) {
+    testOrderForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const mediaType = byId("request-format").value;
+      const fields = { status: byId("test-status").value, paymentStatus: byId("test-payment-status").value };
+      const engineer = byId("test-engineer").value.trim();
+      if (engineer) fields.engineer = engineer;
+      busy(byId("create-test-order"), async () => {
+        const answer = await exchange(
+          testOrderForm.dataset.path,
+          mediaType,
+          byId("accept").value,
+          encodeBody(mediaType, "CreateTestOrderRequest", fields),
+        );
+        if (!answer) return;
+        if (answer.orderId) {
+          byId("order-ref").value = page.field === "orderId" ? answer.orderId : answer.orderNumber;
+          showOutcome(
+            `Test order ${answer.orderNumber} (${answer.orderId}) created: ${answer.status}, ${answer.paymentStatus}` +
+              (answer.engineer ? `, held by ${answer.engineer}.` : "."),
+            "ok",
+          );
+        } else {
+          showOutcome(`No test order created. ${describeError(answer)}`, "refused");
+        }
+      });
+    });
+  }
+})();
