@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -107,6 +108,18 @@ def cmd_orders_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
     _show(service.find_order(_engine(settings), args.order), args.json)
+    return 0
+
+
+def cmd_orders_import(args: argparse.Namespace, settings: Settings) -> int:
+    from ordercancel import importer
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no file {path}")
+    bar = importer.ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    report = importer.import_orders(_engine(settings), settings.environment, args.api_code, path, progress=bar)
+    print(f"imported {report.imported} orders in {report.seconds:.1f} s")
     return 0
 
 
@@ -213,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     create_order.add_argument("--number", help="default: the next free IMCnnnnnn")
     create_order.add_argument("--order-id", help="default: a new GUID")
     create_order.add_argument("--json", action="store_true")
+    import_orders = command(orders, "import", cmd_orders_import, "import orders from JSON Lines or CSV, all or none")
+    import_orders.add_argument("file", metavar="FILE", help="*.csv is CSV; anything else JSON Lines")
+    import_orders.add_argument("--api-code", required=True, help="the API code the orders belong to")
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
     show.add_argument("order", metavar="NUMBER_OR_ID")
     show.add_argument("--json", action="store_true")
