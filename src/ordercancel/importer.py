@@ -200,13 +200,16 @@ class _Writer:
     """Insert rows through the driver connection beneath a SQLAlchemy connection."""
 
     def __init__(self, connection: Connection, key_id: int, now: datetime) -> None:
-        self._driver: Any = connection.connection.driver_connection
+        driver = connection.connection.driver_connection
+        if driver is None:
+            raise RuntimeError("the connection has no driver connection beneath it")
+        self._driver: Any = driver
         self._postgres = connection.dialect.name == "postgresql"
         self._key_id = key_id
         self._now: object = now if self._postgres else sqlite_timestamp(now)
         if not self._postgres:
             # Random GUIDs land all over the order_id index: past SQLite's 2 MiB default page
-            # cache every insert reads pages back from the file. This connection ends with the CLI.
+            # cache every insert reads pages back from the file. (Only a cap: taken as used.)
             self._driver.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
 
     def _values(self, row: Row) -> tuple[object, ...]:
