@@ -95,6 +95,8 @@ class Result:
     db_attempts: int | None = None
     check: str = "-"
     seconds: float = 0.0
+    #: Server CPU time (user + system) per answered request: steadier than req/s on a busy machine.
+    cpu_us: float | None = None
     note: str = ""
 
 
@@ -224,6 +226,12 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(port: int, duration: int, **lua_env: str) -> dict[str, Any]:
     """Run wrk pinned to the load core; return what cancel.lua's done() reports."""
     env = {**os.environ, **{f"BENCH_{k.upper()}": v for k, v in lua_env.items()}}
@@ -241,7 +249,7 @@ def wrk_seconds(plan: Plan, count: int) -> int:
     return max(2, min(plan.seconds + 1, math.ceil(count / 5000) + 1))
 
 
-def result_from(scenario: str, orders: int, report: dict[str, Any], rss: float | None) -> Result:
+def result_from(scenario: str, orders: int, report: dict[str, Any], rss: float | None, cpu: float) -> Result:
     answered = report["canceled"] + report["refused"] + report["failed"]
     seconds = report["seconds"] or report["wrk_seconds"]
     errors = report["failed"] + report["socket_errors"] + report["timeouts"]
@@ -257,6 +265,7 @@ def result_from(scenario: str, orders: int, report: dict[str, Any], rss: float |
         report["refused"],
         report["codes"],
         seconds=seconds,
+        cpu_us=cpu / answered * 1e6 if answered else None,
     )
 
 
@@ -268,6 +277,7 @@ def cancel_scenario(plan: Plan, scenario: str, seeded: Seeded, database_url: str
     """Serve a fresh copy of the seeded database and cancel its orders, one request each."""
     port = free_port()
     with serving(serve_command(port), service_env(database_url), port) as pid:
+        cpu_before = cpu_seconds(pid)
         report = load(
             port,
             wrk_seconds(plan, seeded.count),
@@ -279,8 +289,8 @@ def cancel_scenario(plan: Plan, scenario: str, seeded: Seeded, database_url: str
             count=str(seeded.count),
             seconds=str(plan.seconds),
         )
-        rss = rss_mib(pid)
-    result = result_from(scenario, seeded.count, report, rss)
+        rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
+    result = result_from(scenario, seeded.count, report, rss, cpu)
     result.db_cancelled = count_rows(database_url, "orders WHERE status = 'Cancelled'") - seeded.cancelled_before
     result.db_attempts = count_rows(database_url, "cancellation_attempts")
     answered = result.canceled + result.refused
@@ -296,9 +306,10 @@ def noop_anchor(plan: Plan) -> Result:
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--no-server-header"]
     command += ["--log-level", "warning"]
     with serving(command, dict(os.environ), port, ready_path="/") as pid:
+        cpu_before = cpu_seconds(pid)
         report = load(port, plan.seconds + 1, mode="noop", seconds=str(plan.seconds))
-        rss = rss_mib(pid)
-    result = result_from("anchor: HTTP ceiling (same stack, no-op route)", 0, report, rss)
+        rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
+    result = result_from("anchor: HTTP ceiling (same stack, no-op route)", 0, report, rss, cpu)
     result.note = "POST, body read, fixed JSON answer"
     return result
 
@@ -310,7 +321,9 @@ def storage_anchor(plan: Plan, seeded: Seeded, workdir: Path, batch: int) -> Res
     command += [str(batch), str(plan.storage_seconds)]
     report = json.loads(run(["taskset", "-c", SERVER_CORE, *command]))
     label = f"anchor: storage ceiling ({batch} per commit)" if batch > 1 else "anchor: one fsync per cancellation"
-    result = Result(label, seeded.count, report["rate"], 0.0, 0.0, 0, seconds=report["seconds"])
+    result = Result(
+        label, seeded.count, report["rate"], 0.0, 0.0, 0, seconds=report["seconds"], cpu_us=report["cpu_us"]
+    )
     result.canceled = report["cancelled"]
     result.note = "store.cancel_in_transaction, synchronous=FULL, no HTTP"
     return result
@@ -326,7 +339,7 @@ def storage_loop(database_url: str, prefix: str, count: int, batch: int, seconds
     configure_sqlite(db)
     key_id = db.execute("SELECT id FROM api_keys ORDER BY id LIMIT 1").fetchone()[0]
     done = cancelled = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while done < count and time.perf_counter() - started < seconds:
         db.execute("BEGIN IMMEDIATE")
         now = sqlite_timestamp(utcnow())
@@ -335,8 +348,8 @@ def storage_loop(database_url: str, prefix: str, count: int, batch: int, seconds
             cancelled += cancel_in_transaction(db, attempt, now).is_canceled
         db.execute("COMMIT")
         done = min(done + batch, count)
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"rate": done / elapsed, "seconds": elapsed, "cancelled": cancelled}))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(json.dumps({"rate": done / elapsed, "seconds": elapsed, "cancelled": cancelled, "cpu_us": cpu / done * 1e6}))
 
 
 # PostgreSQL ---------------------------------------------------------------------------------
@@ -387,11 +400,12 @@ def postgres_scenarios(plan: Plan, workdir: Path, count: int) -> tuple[list[Resu
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
     env = {**os.environ, "BENCH_DATABASE_URL": plain_pg_url(url)}
     with serving(command, env, port, ready_path="/") as pid:
+        cpu_before = cpu_seconds(pid)
         report = load(
             port, wrk_seconds(plan, count), prefix="B", width=str(WIDTH), count=str(count), seconds=str(plan.seconds)
         )
-        rss = rss_mib(pid)
-    anchor = result_from("anchor: minimal psycopg single-statement server", count, report, rss)
+        rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
+    anchor = result_from("anchor: minimal psycopg single-statement server", count, report, rss, cpu)
     results.append(anchor)
     with psycopg.connect(admin, autocommit=True) as db:
         db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -536,8 +550,8 @@ def table(report: dict[str, Any]) -> str:
         f"ordercancel bench, {report['at']}, {report['cpu']}, 1 worker on core 0, wrk -t1 -c{CONNECTIONS} on core 1",
         "",
         "| scenario | orders | req/s | x HTTP ceiling | x storage ceiling | p50 ms | p99 ms | errors | RSS MiB "
-        "| db check |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU us/req | db check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         anchor = r.scenario.startswith("anchor")
@@ -546,10 +560,11 @@ def table(report: dict[str, Any]) -> str:
         latency = ("", "") if r.p99_ms == 0 else (f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}")
         rss = "" if r.rss_mib is None else f"{r.rss_mib:.0f}"
         check = r.check if r.check != "-" else ""
+        cpu = "" if r.cpu_us is None else f"{r.cpu_us:.0f}"
         orders = f"{r.orders:,}" if r.orders else ""
         lines.append(
             f"| {r.scenario} | {orders} | {r.rps:,.0f} | {to_http} | {to_storage} | {latency[0]} | {latency[1]} "
-            f"| {r.errors} | {rss} | {check} |"
+            f"| {r.errors} | {rss} | {cpu} | {check} |"
         )
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for t in report["targets"]:
