@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import socket
 import time
 
@@ -97,3 +98,9 @@ def test_a_body_that_arrives_in_parts_within_the_timeout_is_read_whole(
 
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b'"isCanceled":true' in answer
+
+
+def test_what_startup_built_is_frozen_out_of_full_garbage_collections(server: LiveServer) -> None:
+    # A full collection walking every loaded module under load was most of the p99 (see the
+    # README's Performance section); startup freezes them.
+    assert gc.get_freeze_count() > 1000
