@@ -46,6 +46,24 @@ def test_of_many_concurrent_requests_for_one_order_exactly_one_cancels_it(
     assert (cancelled, attempts) == (31, 60)
 
 
+def _read_answer(client: socket.socket) -> bytes:
+    """Read one HTTP response whole: head and body may come in separate segments."""
+
+    def more() -> bytes:
+        chunk = client.recv(65536)
+        assert chunk, "the server closed the connection in the middle of its answer"
+        return chunk
+
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += more()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))[15:])
+    while len(body) < length:
+        body += more()
+    return head + b"\r\n\r\n" + body
+
+
 def _post_slowly(url: str, api_code: str, parts: list[bytes], pause: float) -> bytes:
     """Send a cancellation whose body comes in parts with pauses between them; return the answer."""
     body = b"".join(parts)
@@ -58,7 +76,7 @@ def _post_slowly(url: str, api_code: str, parts: list[bytes], pause: float) -> b
         for part in parts:
             client.sendall(part)
             time.sleep(pause)
-        return client.recv(65536)
+        return _read_answer(client)
 
 
 def test_a_body_that_stops_arriving_is_answered_408_and_changes_nothing(
@@ -78,7 +96,7 @@ def test_a_body_that_stops_arriving_is_answered_408_and_changes_nothing(
                 f"Content-Type: application/json\r\nContent-Length: {len(whole)}\r\n\r\n".encode()
                 + body
             )
-            answer = client.recv(65536)
+            answer = _read_answer(client)
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"code":501' in answer

@@ -188,6 +188,8 @@ class _GroupCommitWriter:
         self._queue.put(pending)
 
     def stop(self) -> None:
+        if self._pending:  # submitted this very turn: commit them before stopping, not never
+            self._hand_over()
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
