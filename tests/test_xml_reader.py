@@ -143,3 +143,16 @@ def documents(draw: st.DrawFn) -> bytes:
 @given(documents(), st.one_of(st.none(), NAMES))
 def test_any_document_gets_the_same_answer_as_from_defusedxml(body: bytes, name: str | None) -> None:
     same_answer(body, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_text_in_an_xml_answer_is_escaped_as_before_and_reads_back(value: str) -> None:
+    from xml.sax.saxutils import escape
+
+    from ordercancel.codecs import _NOT_XML, _text
+
+    assert _text(value) == escape(_NOT_XML.sub("\ufffd", value))
+    body = XML.encode({"orderNumber": value, "isCanceled": False})
+    expected = _NOT_XML.sub("\ufffd", value).replace("\r\n", "\n").replace("\r", "\n")
+    assert XML.field(body, "orderNumber") == expected

@@ -159,12 +159,22 @@ class XmlCodec:
 
 def _element(name: str, value: object) -> str:
     if isinstance(value, Mapping):
-        inner = "".join(_element(k, v) for k, v in value.items() if v is not None)
+        inner = "".join([_element(k, v) for k, v in value.items() if v is not None])
     elif isinstance(value, bool):
         inner = "true" if value else "false"
     else:
-        inner = escape(_NOT_XML.sub("\ufffd", str(value)))
+        inner = _text(str(value))
     return f"<{name}>{inner}</{name}>"
+
+
+def _text(value: str) -> str:
+    """Escape text for XML, replacing what XML 1.0 cannot carry at all."""
+    # Printable ASCII (IDs, order numbers, the messages) needs no replacing: skip the regex.
+    if not (value.isascii() and value.isprintable()):
+        value = _NOT_XML.sub("\ufffd", value)
+    if "&" in value or "<" in value or ">" in value:
+        value = escape(value)
+    return value
 
 
 JSON = JsonCodec()
