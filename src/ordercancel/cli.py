@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     create_order.add_argument("--order-id", help="default: a new GUID")
     create_order.add_argument("--json", action="store_true")
     import_orders = command(orders, "import", cmd_orders_import, "import orders from JSON Lines or CSV, all or none")
-    import_orders.add_argument("file", metavar="FILE", help="*.csv is CSV; anything else JSON Lines")
+    import_orders.add_argument("file", metavar="FILE", help="*.csv: CSV; *.jsonl or starting with {: JSON Lines")
     import_orders.add_argument("--api-code", required=True, help="the API code the orders belong to")
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
     show.add_argument("order", metavar="NUMBER_OR_ID")
