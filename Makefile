@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export ORDERCANCEL_ENVIRONMENT ?= sandbox
 
-.PHONY: install run test check lint format clean
+.PHONY: install run test check lint format clean bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ check: install
 format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
+
+# Seed, serve and load the service; print the table (ARGS=--quick for about a minute).
+bench: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 
 import orjson
@@ -119,6 +120,16 @@ def openapi_handler(settings: Settings) -> Handler:
     return openapi
 
 
+async def freeze_startup_objects() -> None:
+    """Leave everything built at startup out of the cyclic garbage collector's full passes.
+
+    Under load a full collection walked every module, class and function the process had
+    loaded, pausing the event loop for tens of milliseconds a few times a minute: the bulk of
+    the p99. Frozen, those objects stay alive (they would anyway) and are never walked again.
+    """
+    gc.freeze()
+
+
 def create_app(settings: Settings, store: Store) -> App:
     """Build the ASGI application from its collaborators; the store is started by the lifespan."""
     metrics = Metrics([BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH])
@@ -142,7 +153,7 @@ def create_app(settings: Settings, store: Store) -> App:
     return App(
         routes,
         error=error_response,
-        on_startup=[store.start],
+        on_startup=[store.start, freeze_startup_objects],
         on_shutdown=on_shutdown,
         observers=[metrics.observe, AccessLog(metrics).observe],
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -151,6 +152,18 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_orders_import(args: argparse.Namespace, settings: Settings) -> int:
+    from ordercancel import importer
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no file {path}")
+    bar = importer.ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    report = importer.import_orders(_engine(settings), settings.environment, args.api_code, path, progress=bar)
+    print(f"imported {report.imported} orders in {report.seconds:.1f} s")
+    return 0
+
+
 #: One order for each outcome of the demo: (label, status, payment status, engineer).
 DEMO_ORDERS = [
     ("cancellable (isCanceled: true)", "Ordered", "PaymentOK", None),
@@ -288,6 +301,9 @@ def _order_commands(orders: Any, command: Callable[..., argparse.ArgumentParser]
     create_order.add_argument("--number", help="default: the next free IMCnnnnnn")
     create_order.add_argument("--order-id", help="default: a new GUID")
     create_order.add_argument("--json", action="store_true")
+    import_orders = command(orders, "import", cmd_orders_import, "import orders from JSON Lines or CSV, all or none")
+    import_orders.add_argument("file", metavar="FILE", help="*.csv: CSV; *.jsonl or starting with {: JSON Lines")
+    import_orders.add_argument("--api-code", required=True, help="the API code the orders belong to")
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
     show.add_argument("order", metavar="NUMBER_OR_ID")
     show.add_argument("--json", action="store_true")

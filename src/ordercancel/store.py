@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from ordercancel.config import Environment, Settings
 from ordercancel.database import configure_sqlite, sqlite_timestamp, utcnow
@@ -208,8 +208,9 @@ def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now:
 
 
 Job = Callable[[sqlite3.Connection], object]
+_Entry = tuple[Job, "asyncio.Future[object]", asyncio.AbstractEventLoop]
 _STOP = object()
-#: Most attempts committed together; more wait for the next commit.
+#: Most attempts committed together (give or take one turn's worth); more wait for the next commit.
 MAX_BATCH = 256
 
 
@@ -224,6 +225,8 @@ class _GroupCommitWriter:
     def __init__(self, path: str) -> None:
         self._path = path
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        #: Jobs submitted during this turn of the event loop, handed to the thread together.
+        self._pending: list[_Entry] = []
         self._thread = threading.Thread(target=self._run, name="ordercancel-writer", daemon=True)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -237,10 +240,20 @@ class _GroupCommitWriter:
     def submit(self, job: Job) -> asyncio.Future[object]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        self._queue.put((job, future, loop))
+        if not self._pending:
+            loop.call_soon(self._hand_over)
+        self._pending.append((job, future, loop))
         return future
 
+    def _hand_over(self) -> None:
+        # Once per event-loop turn, not once per request: every put wakes the writer thread,
+        # which then fights the event loop for the GIL on the same core.
+        pending, self._pending = self._pending, []
+        self._queue.put(pending)
+
     def stop(self) -> None:
+        if self._pending:  # submitted this very turn: commit them before stopping, not never
+            self._hand_over()
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
@@ -259,17 +272,20 @@ class _GroupCommitWriter:
         self._ready.set()
         try:
             while (batch := self._next_batch()) is not None:
-                jobs = [job for job, _, _ in batch]
-                for (_, future, loop), result in zip(batch, self._commit(connection, jobs), strict=True):
-                    loop.call_soon_threadsafe(_settle, future, result)
+                results = self._commit(connection, [job for job, _, _ in batch])
+                settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[object], object]]] = {}
+                for (_, future, loop), result in zip(batch, results, strict=True):
+                    settled.setdefault(loop, []).append((future, result))
+                for loop, outcomes in settled.items():  # one wake-up of each loop per commit
+                    loop.call_soon_threadsafe(_settle_all, outcomes)
         finally:
             connection.close()
 
-    def _next_batch(self) -> list[tuple[Job, asyncio.Future[object], asyncio.AbstractEventLoop]] | None:
+    def _next_batch(self) -> list[_Entry] | None:
         item = self._queue.get()
         if item is _STOP:
             return None
-        batch = [item]
+        batch = list(cast(list[_Entry], item))
         while len(batch) < MAX_BATCH:
             try:
                 item = self._queue.get_nowait()
@@ -278,8 +294,8 @@ class _GroupCommitWriter:
             if item is _STOP:
                 self._queue.put(_STOP)  # finish this batch, stop at the next
                 break
-            batch.append(item)
-        return batch  # type: ignore[return-value]
+            batch.extend(cast(list[_Entry], item))
+        return batch
 
     def _commit(self, connection: sqlite3.Connection, jobs: list[Job]) -> list[object]:
         """Run the jobs in one transaction; if it fails, run each alone so one cannot sink all."""
@@ -296,13 +312,14 @@ class _GroupCommitWriter:
             return [self._commit(connection, [job])[0] for job in jobs]
 
 
-def _settle(future: asyncio.Future[object], result: object) -> None:
-    if future.cancelled():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _settle_all(outcomes: list[tuple[asyncio.Future[object], object]]) -> None:
+    for future, result in outcomes:
+        if future.cancelled():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class SqliteStore:
