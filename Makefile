@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 export ORDERCANCEL_ENVIRONMENT ?= sandbox
+# make bench also measures PostgreSQL here (a scratch database is created); empty it to skip.
+BENCH_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 .PHONY: install run test check lint format clean bench
 
@@ -25,18 +27,19 @@ test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench
 
 format: install
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 # Seed, serve and load the service; print the table (ARGS=--quick for about a minute).
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python bench/bench.py $(ARGS)
+	$(BIN)/python bench/bench.py $(if $(BENCH_POSTGRES_URL),--database-url $(BENCH_POSTGRES_URL)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

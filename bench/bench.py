@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -189,32 +190,36 @@ def fresh_copy(seeded: Seeded, workdir: Path) -> str:
 @contextmanager
 def serving(command: list[str], env: dict[str, str], port: int, ready_path: str = "/healthz") -> Iterator[int]:
     """Run a server pinned to the server core until the block ends; yield its pid."""
-    process = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                error = process.stderr.read().decode() if process.stderr else ""
-                raise RuntimeError(f"the server stopped at startup: {error.strip()[-800:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers: that is all we wait for
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not answer within 30 s") from None
-                time.sleep(0.05)
-        yield process.pid
-    finally:
-        process.send_signal(signal.SIGINT)
+    # The server logs every request (JSON, on stderr), as it does in production: to a file, since
+    # a pipe nobody reads would fill up and stall the server after a few hundred requests.
+    with tempfile.TemporaryFile() as log_file:
+        process = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *command], env=env, stdout=subprocess.DEVNULL, stderr=log_file
+        )
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    log_file.seek(0)
+                    error = log_file.read().decode(errors="replace")
+                    raise RuntimeError(f"the server stopped at startup: {error.strip()[-800:]}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1).close()
+                    break
+                except urllib.error.HTTPError:
+                    break  # it answers: that is all we wait for
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the server did not answer within 30 s") from None
+                    time.sleep(0.05)
+            yield process.pid
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def rss_mib(pid: int) -> float | None:
@@ -391,7 +396,10 @@ def postgres_scenarios(plan: Plan, workdir: Path, count: int) -> tuple[list[Resu
             db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             db.execute(f"CREATE DATABASE {name}")
 
-    recreate()
+    try:
+        recreate()
+    except psycopg.OperationalError as error:
+        return [], [f"PostgreSQL scenario skipped: cannot reach {admin} ({str(error).strip().splitlines()[0]})"]
     seeded = seed(workdir, "pg", url, count, "B", mix=False)
     results = [cancel_scenario(plan, f"PostgreSQL, JSON, {count:,} orders", seeded, url, "json")]
     recreate()

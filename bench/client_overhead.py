@@ -5,7 +5,8 @@
 Starts the real service (`ordercancel serve`, SQLite in a temporary directory) in a process of
 its own, as in production (served from a thread of this process, each request costs tens of
 milliseconds of hand-over, which would hide the client's cost), and sends REQUESTS requests one
-at a time three ways: plain httpx posting ready-made JSON, ordercancel.client in JSON, and in XML. The requests carry an unknown API code, so the server answers 401 without
+at a time three ways: plain httpx posting ready-made JSON, ordercancel.client in JSON, and in
+XML. The requests carry an unknown API code, so the server answers 401 without
 touching the disk: a durable commit (an fsync, tens of milliseconds on a shared disk) would
 otherwise hide the client's own cost. Prints requests per second and the ratio to plain httpx in
 the same run (absolute figures drift from machine to machine; the ratio much less).
@@ -61,8 +62,8 @@ def service(folder: str) -> Iterator[str]:
         "ORDERCANCEL_DATABASE_URL": f"sqlite:///{folder}/bench.db",
         "ORDERCANCEL_ENVIRONMENT": "sandbox",
     }
-    subprocess.run([command, "db", "upgrade"], env=env, check=True, capture_output=True)  # noqa: S603 - our own command
-    server = subprocess.Popen([command, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)  # noqa: S603
+    subprocess.run([command, "db", "upgrade"], env=env, check=True, capture_output=True)
+    server = subprocess.Popen([command, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

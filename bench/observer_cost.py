@@ -13,7 +13,7 @@ import time
 
 from ordercancel.app import BY_NUMBER_PATH
 from ordercancel.observability import ACCESS_LOGGER, AccessLog, JsonFormatter, Metrics
-from ordercancel.web import Request, Response
+from ordercancel.web import BodyDeadlines, Request, Response
 
 ROUNDS = 200_000
 
@@ -32,7 +32,7 @@ def _request() -> Request:
         path_params={},
         _receive=receive,
         _max_body=65536,
-        _body_timeout=10.0,
+        _deadlines=BodyDeadlines(10.0),
         key_id=1,
     )
 

@@ -9,8 +9,6 @@ verdict: no errors (non-2xx, socket errors, server log lines at error level), p9
 minute within 1.5x of the first, and RSS growth from the end of minute 1 to the end under 5 %.
 """
 
-# ruff: noqa: S603, S607 - a benchmark that runs our own server and wrk by name, with fixed arguments
-
 from __future__ import annotations
 
 import argparse

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 
 import orjson
 
@@ -24,6 +23,7 @@ from ordercancel.domain import (
 from ordercancel.observability import AccessLog, Metrics
 from ordercancel.openapi import openapi_document
 from ordercancel.sandbox import SANDBOX_ORDERS_PATH, TestOrders
+from ordercancel.service import hash_api_code
 from ordercancel.store import Attempt, Store, open_store
 from ordercancel.web import App, Handler, Request, Response, Route
 
@@ -66,7 +66,7 @@ def error_response(request: Request, status: int, reason: str) -> Response:
 def api_key_hash(request: Request) -> str | None:
     """Return the hash of the request's API code, or None when it sent no GUID."""
     code = parse_guid((request.header("apicode") or "").strip())
-    return None if code is None else hashlib.sha256(code.encode()).hexdigest()
+    return None if code is None else hash_api_code(code)
 
 
 def cancel_handler(store: Store, *, by_id: bool) -> Handler:
