@@ -35,6 +35,9 @@ class Settings:
     body_timeout: float = 10.0
     #: Requests one process serves at once; more are answered 503 at once.
     max_concurrency: int = 1024
+    #: Seconds an API code found active is remembered before it is looked up again (0: never).
+    #: Revocation still takes effect at once: every cancellation re-checks the key itself.
+    key_cache_seconds: float = 5.0
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
 
@@ -51,6 +54,7 @@ class Settings:
             "body_timeout": env.get("ORDERCANCEL_BODY_TIMEOUT"),
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
+            "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -104,6 +108,13 @@ def _positive_float(text: str) -> float:
     return number
 
 
+def _non_negative_float(text: str) -> float:
+    number = float(text)
+    if not number >= 0:
+        raise ValueError(f"must be zero or more, not {text}")
+    return number
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -116,5 +127,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "body_timeout": _positive_float,
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
+    "key_cache_seconds": _non_negative_float,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -1,0 +1,63 @@
+"""Active API codes are remembered for a few seconds; revocation still takes effect at once."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import httpx
+from sqlalchemy import Engine, func, select
+
+from ordercancel import service
+from ordercancel.config import Settings
+from ordercancel.schema import cancellation_attempts
+from ordercancel.store import RememberedKeys, open_store
+from tests.conftest import OrderFactory
+from tests.wire import BY_NUMBER, decode
+
+
+def test_a_code_revoked_while_remembered_cannot_cancel_anything(
+    http: httpx.Client, api_code: str, make_order: OrderFactory, engine: Engine, settings: Settings
+) -> None:
+    first, second = make_order(), make_order()
+    headers = {"apiCode": api_code, "Accept": "application/json"}
+    assert decode(http.post(BY_NUMBER, json={"orderNumber": first.order_number}, headers=headers))["isCanceled"]
+    service.revoke_key(engine, settings.environment, api_code)  # the server still remembers the code
+    response = http.post(BY_NUMBER, json={"orderNumber": second.order_number}, headers=headers)
+    assert response.status_code == 401
+    assert decode(response)["requestError"] == {"message": "Unauthorized", "code": 401}
+    assert service.find_order(engine, second.order_id).status == "Ordered"
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(cancellation_attempts)) == 1
+
+
+def test_a_remembered_code_is_looked_up_again_once_its_time_is_up(
+    settings: Settings, engine: Engine, api_code: str
+) -> None:
+    now = [0.0]
+    store = RememberedKeys(open_store(replace(settings, key_cache_seconds=0)), seconds=5, clock=lambda: now[0])
+    code_hash = service.hash_api_code(api_code)
+
+    async def scenario() -> list[int | None]:
+        await store.start()
+        try:
+            seen = [await store.authenticate(code_hash)]
+            service.revoke_key(engine, settings.environment, api_code)
+            now[0] = 4.9
+            seen.append(await store.authenticate(code_hash))  # still remembered: only a hint
+            now[0] = 5.1
+            seen.append(await store.authenticate(code_hash))  # looked up again: revoked
+            seen.append(await store.authenticate(service.hash_api_code("0f8fad5b-d9cb-469f-a165-70867728950e")))
+            return seen
+        finally:
+            await store.close()
+
+    key_id, remembered, expired, unknown = asyncio.run(scenario())
+    assert key_id is not None
+    assert remembered == key_id
+    assert (expired, unknown) == (None, None)
+
+
+def test_remembering_can_be_turned_off(settings: Settings) -> None:
+    assert isinstance(open_store(settings), RememberedKeys)
+    assert not isinstance(open_store(replace(settings, key_cache_seconds=0)), RememberedKeys)
