@@ -152,21 +152,7 @@ def test_an_unknown_or_malformed_order_id_is_504(caller: Caller, fmt: str, value
     assert decode(response) == refused(504)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_another_codes_order_is_answered_exactly_like_an_unknown_one(
-    caller: Caller, make_order: OrderFactory, engine: Engine, settings: Settings, fmt: str, endpoint: str
-) -> None:
-    other_code = service.create_key(engine, settings.environment, "someone else")
-    theirs = make_order(api_code=other_code)
-    before = snapshot(engine)
-    response = caller.cancel(fmt, endpoint, ref(theirs, endpoint))
-    expected_echo = {"orderNumber": theirs.order_number} if endpoint == BY_NUMBER else {}
-    assert decode(response) == refused(NOT_FOUND[endpoint], **expected_echo)
-    assert snapshot(engine) == before
-    unknown = "IMC000999" if endpoint == BY_NUMBER else "0f8fad5b-d9cb-469f-a165-70867728950e"
-    other = caller.cancel(fmt, endpoint, unknown)
-    assert other.content.replace(unknown.encode(), b"") == response.content.replace(ref(theirs, endpoint).encode(), b"")
+# Another API code's order answers exactly like an unknown one: tests/test_tenants_and_secrets.py.
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -125,7 +125,7 @@ def test_a_test_order_belongs_to_the_api_code_that_created_it(
             (b'{"status": "Shipped", "engineer": "Ada"}', JSON_TYPE),
             "an engineer can only hold an order that is Ordered or Processing",
         ),
-        ((b'{"engineer": "' + b"A" * 65 + b'"}', JSON_TYPE), "engineer must be a name of at most 64"),
+        ((b'{"engineer": "' + b"A" * 101 + b'"}', JSON_TYPE), "an engineer's name is 1-100 printable characters"),
         ((b'{"status": 3}', JSON_TYPE), "Wrong request body. Check if all parameters set correctly."),
         ((b'{"status": ', JSON_TYPE), "Wrong request body. Check if all parameters set correctly."),
         ((b"<a><status>Ordered</status><status>Draft</status></a>", "text/xml"), "Wrong request body."),

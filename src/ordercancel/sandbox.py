@@ -31,8 +31,6 @@ from ordercancel.web import Request, Response
 SANDBOX_ORDERS_PATH = "/web-api/sandbox/orders"
 #: The XML document element of every answer of this endpoint.
 XML_ROOT = "CreateTestOrderResponse"
-#: Longest engineer name accepted: a name, not a document.
-MAX_ENGINEER_LENGTH = 64
 
 
 class InvalidTestOrder(RequestError):
@@ -83,9 +81,6 @@ def test_order_request(content_type: str | None, body: bytes) -> TestOrderReques
         value = chosen[name]
         if value is not None and value not in allowed:
             raise InvalidTestOrder(f"{field} {value!r} is not one of: {', '.join(allowed)}")
-    engineer = chosen["engineer"]
-    if engineer is not None and (len(engineer) > MAX_ENGINEER_LENGTH or not engineer.isprintable()):
-        raise InvalidTestOrder(f"engineer must be a name of at most {MAX_ENGINEER_LENGTH} printable characters")
     return replace(TestOrderRequest(), **{name: value for name, value in chosen.items() if value is not None})
 
 
