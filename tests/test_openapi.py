@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import httpx
 
+from ordercancel.config import Environment
+from ordercancel.openapi import openapi_document
 from tests.test_contract import MESSAGES
+
+SANDBOX = "/web-api/sandbox/orders"
 
 
 def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_code(http: httpx.Client) -> None:
@@ -13,9 +17,11 @@ def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_cod
     document = response.json()
     assert document["openapi"].startswith("3.1")
     paths = document["paths"]
-    assert set(paths) == {"/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById"}
+    assert set(paths) == {"/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById", SANDBOX}
     media_types = {"application/json", "text/json", "text/xml", "application/xml"}
     for path, item in paths.items():
+        if path == SANDBOX:
+            continue
         operation = item["post"]
         assert set(operation["requestBody"]["content"]) == media_types
         assert set(operation["responses"]["200"]["content"]) == media_types
@@ -28,3 +34,10 @@ def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_cod
     assert (api_code["in"], api_code["required"], api_code["schema"]["format"]) == ("header", True, "uuid")
     codes = document["components"]["schemas"]["RequestError"]["properties"]["code"]["enum"]
     assert set(codes) == set(MESSAGES)
+
+
+def test_the_sandbox_describes_its_test_orders_and_production_does_not(http: httpx.Client) -> None:
+    operation = http.get("/openapi.json").json()["paths"][SANDBOX]["post"]
+    assert set(operation["requestBody"]["content"]) == {"application/json", "text/json", "text/xml", "application/xml"}
+    assert {"200", "401"} <= set(operation["responses"])
+    assert SANDBOX not in openapi_document(Environment.PRODUCTION)["paths"]

@@ -11,8 +11,10 @@ from ordercancel.domain import (
     MissingOrderId,
     MissingOrderNumber,
     NotPlacedCorrectly,
+    PaymentStatus,
     ProcessingStarted,
     ProductionStarted,
+    ProductionStatus,
     RequestError,
     UnknownError,
     WrongOrderId,
@@ -83,8 +85,74 @@ def _operation(field: str, summary: str, example: str, codes: list[type[RequestE
     }
 
 
+def _test_orders_operation() -> dict[str, Any]:
+    """`POST /web-api/sandbox/orders`: described only where it exists, in the sandbox."""
+    return {
+        "summary": "Create a test order in a chosen state (sandbox only)",
+        "operationId": "createTestOrder",
+        "parameters": [
+            {"$ref": "#/components/parameters/apiCode"},
+            {"$ref": "#/components/parameters/accept"},
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                media_type: {
+                    "schema": {"$ref": "#/components/schemas/TestOrderRequest"},
+                    "example": {"status": "Processing", "engineer": "Ada"},
+                }
+                for media_type in CODECS
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The order created for the caller's API code, or `requestError` code 501 "
+                "naming the field that could not be used (nothing is created then).",
+                "content": _content("#/components/schemas/CreateTestOrderResponse"),
+            },
+            "401": {
+                "description": "The apiCode header is missing, not a GUID, unknown, revoked or a production code.",
+                "content": _content("#/components/schemas/CreateTestOrderResponse"),
+            },
+        },
+    }
+
+
+_TEST_ORDER_SCHEMAS: dict[str, Any] = {
+    "TestOrderRequest": {
+        "type": "object",
+        "xml": {"name": "CreateTestOrderRequest"},
+        "properties": {
+            "status": {"type": "string", "enum": [s.value for s in ProductionStatus], "default": "Ordered"},
+            "paymentStatus": {"type": "string", "enum": [s.value for s in PaymentStatus], "default": "PaymentOK"},
+            "engineer": {"type": "string", "maxLength": 100, "description": "claims the order (509)"},
+        },
+    },
+    "CreateTestOrderResponse": {
+        "type": "object",
+        "xml": {"name": "CreateTestOrderResponse"},
+        "properties": {
+            "orderId": {"type": "string", "format": "uuid"},
+            "orderNumber": {"type": "string"},
+            "status": {"type": "string"},
+            "paymentStatus": {"type": "string"},
+            "engineer": {"type": "string"},
+            "requestError": {"$ref": "#/components/schemas/RequestError"},
+        },
+    },
+}
+
+
 def openapi_document(environment: Environment) -> dict[str, Any]:
-    """Return the OpenAPI 3.1 document for a deployment."""
+    """Return the OpenAPI 3.1 document for a deployment (the sandbox has one more operation)."""
+    document = _document(environment)
+    if environment is Environment.SANDBOX:
+        document["paths"]["/web-api/sandbox/orders"] = {"post": _test_orders_operation()}
+        document["components"]["schemas"].update(_TEST_ORDER_SCHEMAS)
+    return document
+
+
+def _document(environment: Environment) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
