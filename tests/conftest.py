@@ -97,16 +97,20 @@ class PostgresSchemas:
         self._admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-@pytest.fixture(scope="session")
-def postgres_schemas() -> Iterator[PostgresSchemas]:
+def connect_postgres(url: str = POSTGRES_URL) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection to the test server; skip without one, or fail where CI requires it."""
     try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+        return psycopg.connect(url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
-        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(error).strip()}"
+        reason = f"PostgreSQL is not reachable at {url}: {str(error).strip()}"
         if os.environ.get("ORDERCANCEL_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"{reason} (ORDERCANCEL_REQUIRE_POSTGRES=1)", pytrace=False)
         pytest.skip(reason)
-    with admin:
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[PostgresSchemas]:
+    with connect_postgres() as admin:
         schemas = PostgresSchemas(admin)
         schemas.record_migration()
         yield schemas

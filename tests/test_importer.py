@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import io
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -176,52 +173,29 @@ def test_the_progress_bar_ends_full_on_its_own_line() -> None:
     assert screen.getvalue().endswith("\r[##########] 100.0%\n")
 
 
-# PostgreSQL ------------------------------------------------------------------------------------
-
-PG_URL = os.environ.get("ORDERCANCEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def pg_settings() -> Iterator[Settings]:
-    """A fresh schema in the test database, migrated, dropped afterwards."""
-    schema = f"import_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        if os.environ.get("CI") == "true" or os.environ.get("ORDERCANCEL_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}: {error}")
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            settings = Settings(database_url=f"{PG_URL}?options=-csearch_path%3D{schema}")
-            engine = database.create_sync_engine(settings)
-            database.upgrade(engine)
-            engine.dispose()
-            yield settings
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.mark.postgres
-def test_the_import_copies_rows_into_postgresql_all_or_nothing(tmp_path: Path, pg_settings: Settings) -> None:
-    engine = database.create_sync_engine(pg_settings)
+def test_the_import_writes_in_chunks_all_or_nothing_against_stored_orders_too(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # executemany on SQLite, COPY on PostgreSQL: the settings fixture runs this on both.
+    engine = database.create_sync_engine(settings)
     try:
         code = service.create_key(engine, Environment.SANDBOX, "pg")
-        good = [f'{{"orderNumber": "PG-{i}", "status": "Ordered", "paymentStatus": "PaymentOK"}}' for i in range(25)]
-        claimed = '{"orderNumber": "PG-X", "status": "Processing", "paymentStatus": "PaymentOK", "engineer": "Ada"}'
+        good = [
+            f'{{"orderNumber": "IMP-PG-{i}", "status": "Ordered", "paymentStatus": "PaymentOK"}}' for i in range(25)
+        ]
+        claimed = '{"orderNumber": "IMP-PG-X", "status": "Processing", "paymentStatus": "PaymentOK", "engineer": "Ada"}'
         path = write(tmp_path / "orders.jsonl", *good, claimed)
 
         report = importer.import_orders(engine, Environment.SANDBOX, code, path, chunk_size=10)
 
         assert report.imported == 26 and count_orders(engine) == 26
-        assert service.find_order(engine, "PG-X").claimed_at is not None
+        assert service.find_order(engine, "IMP-PG-X").claimed_at is not None
         again = write(
             tmp_path / "again.jsonl",
-            '{"orderNumber": "PG-NEW", "status": "Ordered", "paymentStatus": "PaymentOK"}',
-            '{"orderNumber": "PG-3", "status": "Ordered", "paymentStatus": "PaymentOK"}',
+            '{"orderNumber": "IMP-PG-NEW", "status": "Ordered", "paymentStatus": "PaymentOK"}',
+            '{"orderNumber": "IMP-PG-3", "status": "Ordered", "paymentStatus": "PaymentOK"}',
         )
-        with pytest.raises(importer.ImportFailed, match="line 2: orderNumber 'PG-3' exists already"):
+        with pytest.raises(importer.ImportFailed, match="line 2: orderNumber 'IMP-PG-3' exists already"):
             importer.import_orders(engine, Environment.SANDBOX, code, again, chunk_size=1)
         assert count_orders(engine) == 26
     finally:
