@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree.ElementTree import fromstring
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import Engine, text
@@ -386,6 +387,17 @@ def test_a_stranger_streaming_a_gigabyte_is_refused_401_before_the_body_is_read(
     assert_documented(response, 401, None)
     assert response.headers["connection"] == "close"
     assert response.sent <= 16 * MIB
+
+
+def test_a_refused_small_body_keeps_the_connection_alive_and_its_answer_is_never_reset(target: Target) -> None:
+    # Closing a socket that still holds unread request bytes makes the kernel send a reset, which
+    # can destroy the answer before the client reads it: a small body is drained instead.
+    with httpx.Client(base_url=target.served.url, timeout=10) as client:
+        for _ in range(50):
+            refused = client.post(BY_NUMBER, content=b'{"orderNumber": "IMC1"}', headers={"apiCode": "nobody"})
+            assert refused.status_code == 401
+            assert "connection" not in refused.headers
+            assert client.get("/healthz").status_code == 200
 
 
 def test_a_client_trickling_its_body_is_cut_off_with_408(target: Target) -> None:

@@ -245,9 +245,7 @@ class App:
             _deadlines=self._deadlines,
         )
         response = await self._respond(request)
-        if not request.body_complete and ("transfer-encoding" in headers or headers.get("content-length", "0") != "0"):
-            # A body left unread (refused, too large, too slow) would otherwise be read and
-            # discarded to keep the connection alive: a 1 GB upload costs us 1 GB of reading.
+        if self._abandons_a_costly_body(request, response.status):
             response.headers.append((b"connection", b"close"))
         response.headers.extend(self._default_headers)
         response.headers.append((b"x-request-id", request.request_id.encode()))
@@ -266,6 +264,21 @@ class App:
         elapsed = time.perf_counter() - started
         for observe in self._observers:
             observe(request, response, elapsed)
+
+    def _abandons_a_costly_body(self, request: Request, status: int) -> bool:
+        """Tell whether the connection must close rather than let uvicorn drain the unread body.
+
+        uvicorn reads and discards a body the app left unread, to keep the connection alive:
+        right for a small one (closing on unread data makes the kernel send a reset, which can
+        destroy the answer before the client reads it), wrong for a 1 GB upload or a client
+        trickling its body, which would cost that reading or hold the connection.
+        """
+        if request.body_complete:
+            return False
+        if status in (408, 413) or "transfer-encoding" in request.headers:
+            return True
+        declared = request.headers.get("content-length", "0")
+        return not declared.isdigit() or int(declared) > self._max_body
 
     async def _respond(self, request: Request) -> Response:
         found = self._route(request.path)
