@@ -13,7 +13,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,7 +56,7 @@ class BodyDeadlines:
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweeping_loop: asyncio.AbstractEventLoop | None = None
 
-    async def read(self, body: Awaitable[bytes]) -> bytes:
+    async def read(self, body: Awaitable[T]) -> T:
         """Await the body; raise BodyTimeout if it has not arrived by the deadline."""
         task = asyncio.current_task()
         assert task is not None
@@ -118,13 +120,40 @@ class Request:
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             chunk = message.get("body", b"")
+            self.body_complete = not message.get("more_body", False)
             size += len(chunk)
             if size > self._max_body:
                 raise BodyTooLarge()
             chunks.append(chunk)
+            if self.body_complete:
+                return b"".join(chunks)
+
+    async def drain(self, limit: int) -> bool:
+        """Read and drop what is left of the body, up to `limit` bytes and the body's deadline.
+
+        Return whether the body ended, so that the connection can stay open for the next request.
+        """
+        if "content-length" not in self.headers and "transfer-encoding" not in self.headers:
+            return True  # no body at all
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return False  # known to be too costly: not a byte of it is read
+        try:
+            await self._deadlines.read(self._drop(limit))
+        except (BodyTimeout, ClientGone):
+            return False
+        return self.body_complete
+
+    async def _drop(self, limit: int) -> None:
+        dropped = 0
+        while dropped <= limit:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            dropped += len(message.get("body", b""))
             if not message.get("more_body", False):
                 self.body_complete = True
-                return b"".join(chunks)
+                return
 
 
 @dataclass(slots=True)
@@ -158,6 +187,9 @@ Observer = Callable[[Request, Response, float], None]
 
 class App:
     """Dispatch HTTP requests to routes; run the lifespan hooks; never leak a traceback."""
+
+    #: The most of an unread request body dropped to keep its connection open (see below).
+    DRAIN_BYTES = 1024 * 1024
 
     def __init__(
         self,
@@ -245,7 +277,7 @@ class App:
             _deadlines=self._deadlines,
         )
         response = await self._respond(request)
-        if self._abandons_a_costly_body(request, response.status):
+        if not request.body_complete and not await self._drains_the_rest(request, response.status):
             response.headers.append((b"connection", b"close"))
         response.headers.extend(self._default_headers)
         response.headers.append((b"x-request-id", request.request_id.encode()))
@@ -265,20 +297,18 @@ class App:
         for observe in self._observers:
             observe(request, response, elapsed)
 
-    def _abandons_a_costly_body(self, request: Request, status: int) -> bool:
-        """Tell whether the connection must close rather than let uvicorn drain the unread body.
+    async def _drains_the_rest(self, request: Request, status: int) -> bool:
+        """Tell whether the connection can stay open after a response whose request body was not read.
 
-        uvicorn reads and discards a body the app left unread, to keep the connection alive:
-        right for a small one (closing on unread data makes the kernel send a reset, which can
-        destroy the answer before the client reads it), wrong for a 1 GB upload or a client
-        trickling its body, which would cost that reading or hold the connection.
+        A body left unread (a refusal answered before it was read, or past the size limit) is
+        drained up to `DRAIN_BYTES`, within the body's deadline. Closing a socket that still
+        holds unread bytes makes the kernel send a reset, which can destroy the answer before the
+        client reads it; uvicorn would drain it too, but without a bound on bytes or time, so a
+        1 GB upload or a client trickling its body could hold the connection forever.
         """
-        if request.body_complete:
-            return False
-        if status in (408, 413) or "transfer-encoding" in request.headers:
-            return True
-        declared = request.headers.get("content-length", "0")
-        return not declared.isdigit() or int(declared) > self._max_body
+        if status == 408:
+            return False  # the client is too slow to drain
+        return await request.drain(self.DRAIN_BYTES)
 
     async def _respond(self, request: Request) -> Response:
         found = self._route(request.path)
