@@ -17,6 +17,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+import uvloop
 from sqlalchemy import Engine, event, make_url
 
 from ordercancel import database, service
@@ -154,7 +155,11 @@ class LiveServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._socket]))
+        # uvloop, as under `ordercancel serve`. asyncio's own loop sets TCP_NODELAY only on sockets
+        # made with an explicit IPPROTO_TCP, which this one is not: Nagle then held each response
+        # body behind its headers until the client's delayed ACK, 40 ms a request.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._server.serve(sockets=[self._socket]))
 
     def __enter__(self) -> LiveServer:
         self._thread.start()
