@@ -125,7 +125,12 @@ _TEST_ORDER_SCHEMAS: dict[str, Any] = {
         "properties": {
             "status": {"type": "string", "enum": [s.value for s in ProductionStatus], "default": "Ordered"},
             "paymentStatus": {"type": "string", "enum": [s.value for s in PaymentStatus], "default": "PaymentOK"},
-            "engineer": {"type": "string", "maxLength": 100, "description": "claims the order (509)"},
+            "engineer": {
+                "type": "string",
+                "maxLength": 100,
+                "description": "claims the order (509): 1-100 printable characters, and only with status "
+                "Ordered or Processing; anything else is code 501",
+            },
         },
     },
     "CreateTestOrderResponse": {
