@@ -427,6 +427,29 @@ def test_a_client_trickling_a_refused_body_is_cut_off_at_the_body_deadline(targe
         assert sock.recv(1) == b""
 
 
+def test_a_client_expecting_100_continue_is_invited_to_send_a_body_that_is_needed(target: Target) -> None:
+    body = b'{"orderNumber": "IMC999999"}'
+    headers = {"apiCode": target.api_code, "Accept": "application/json", "Expect": "100-continue"}
+    request_head, _ = _post(BY_NUMBER, headers, body)
+    with socket.create_connection(("127.0.0.1", target.served.port)) as sock:
+        sock.sendall(request_head)
+        sock.settimeout(5)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert_documented(rawhttp.read_response(sock), 200, 505)
+
+
+def test_a_refusal_to_a_client_expecting_100_continue_closes_without_inviting_the_body(target: Target) -> None:
+    # The client sends its body only after "100 Continue". A refusal decided before the body must
+    # not invite it, and must close: otherwise the next request's bytes would be read as this body.
+    headers = {"apiCode": "nobody", "Content-Length": "100", "Expect": "100-continue"}
+    with socket.create_connection(("127.0.0.1", target.served.port)) as sock:
+        sock.sendall(rawhttp.head("POST", BY_NUMBER, headers))
+        response = rawhttp.read_response(sock, timeout=0.9)  # under the body deadline of the target
+        assert response.raw_head.startswith(b"HTTP/1.1 401 ")
+        assert response.headers["connection"] == "close"
+
+
 def test_a_client_trickling_its_body_is_cut_off_with_408(target: Target) -> None:
     body = b'{"orderNumber": "IMC100000"}'
     headers = {"apiCode": target.api_code, "Accept": "application/json", "Content-Type": "application/json"}

@@ -99,6 +99,8 @@ class Request:
     _deadlines: BodyDeadlines
     #: The API key's row id once a handler has authenticated the request (for the logs).
     key_id: int | None = None
+    #: Whether the body has been asked for (which sends a client that expects it "100 Continue").
+    body_asked: bool = False
     #: Whether the whole body has been received.
     body_complete: bool = False
 
@@ -110,6 +112,7 @@ class Request:
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:
             raise BodyTooLarge()
+        self.body_asked = True
         return await self._deadlines.read(self._read())
 
     async def _read(self) -> bytes:
@@ -138,6 +141,8 @@ class Request:
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return False  # known to be too costly: not a byte of it is read
+        if not self.body_asked and self.headers.get("expect", "").lower() == "100-continue":
+            return False  # the client waits for our word before it sends the body: it will not come
         try:
             await self._deadlines.read(self._drop(limit))
         except (BodyTimeout, ClientGone):
