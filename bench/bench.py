@@ -337,9 +337,10 @@ def storage_anchor(plan: Plan, seeded: Seeded, workdir: Path, batch: int) -> Res
 
 def storage_loop(database_url: str, prefix: str, count: int, batch: int, seconds: float) -> None:
     """The body of the storage anchor (run in its own pinned process): print its rate as JSON."""
-    from ordercancel.database import configure_sqlite, sqlite_timestamp, utcnow
     from ordercancel.domain import Lookup
-    from ordercancel.store import Attempt, cancel_in_transaction
+    from ordercancel.storage.database import configure_sqlite, sqlite_timestamp, utcnow
+    from ordercancel.storage.sqlite import cancel_in_transaction
+    from ordercancel.storage.steps import Attempt
 
     db = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
     configure_sqlite(db)
@@ -373,7 +374,7 @@ def with_database(url: str, name: str) -> str:
 def serves_postgres(database_url: str) -> str | None:
     """Return why the service cannot serve this PostgreSQL URL, or None when it can."""
     probe = (
-        "import sys\nfrom ordercancel.config import Settings\nfrom ordercancel.store import open_store\n"
+        "import sys\nfrom ordercancel.config import Settings\nfrom ordercancel.storage import open_store\n"
         "open_store(Settings(database_url=sys.argv[1]))"
     )
     done = subprocess.run([sys.executable, "-c", probe, database_url], capture_output=True, text=True, check=False)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, insert, select
 
-from ordercancel import database, service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Lookup, ProductionStatus
-from ordercancel.schema import api_keys, orders
-from ordercancel.store import Attempt, open_store
+from ordercancel.storage import Attempt, database, open_store, service
+from ordercancel.storage.schema import api_keys, orders
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 

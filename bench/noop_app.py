@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 
-from ordercancel.app import BY_NUMBER_PATH, ENVIRONMENT_HEADER, error_response
-from ordercancel.web import App, Request, Response, Route
+from ordercancel.http.app import BY_NUMBER_PATH, ENVIRONMENT_HEADER, error_response
+from ordercancel.http.core import App, Request, Response, Route
 
 _BODY = orjson.dumps({"orderNumber": "IMC000000", "isCanceled": False})
 _CONTENT_TYPE = b"application/json; charset=utf-8"

@@ -11,9 +11,9 @@ import logging
 import os
 import time
 
-from ordercancel.app import BY_NUMBER_PATH
-from ordercancel.observability import ACCESS_LOGGER, AccessLog, JsonFormatter, Metrics
-from ordercancel.web import BodyDeadlines, Request, Response
+from ordercancel.http.app import BY_NUMBER_PATH
+from ordercancel.http.core import BodyDeadlines, Request, Response
+from ordercancel.http.observability import ACCESS_LOGGER, AccessLog, JsonFormatter, Metrics
 
 ROUNDS = 200_000
 

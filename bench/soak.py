@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from ordercancel import database, service
 from ordercancel.config import Environment, Settings
+from ordercancel.storage import database, service
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -20,11 +20,10 @@ import uvicorn
 import uvloop
 from sqlalchemy import Engine, event, make_url
 
-from ordercancel import database, service
-from ordercancel.app import create_app
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Order
-from ordercancel.store import open_store
+from ordercancel.http.app import create_app
+from ordercancel.storage import database, open_store, service
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from ordercancel import service
 from ordercancel.domain import ProcessingStarted
+from ordercancel.storage import service
 from tests.conftest import ADMIN_TOKEN, LiveServer, OrderFactory
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from ordercancel import service
 from ordercancel.cli import main
 from ordercancel.config import Settings
 from ordercancel.domain import ProductionStatus
-from ordercancel.schema import cancellation_attempts
+from ordercancel.storage import service
+from ordercancel.storage.schema import cancellation_attempts
 from tests.conftest import LiveServer, OrderFactory
 
 

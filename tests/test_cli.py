@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from ordercancel import service
 from ordercancel.cli import main
 from ordercancel.config import Settings
-from ordercancel.database import create_sync_engine
-from ordercancel.schema import api_keys
+from ordercancel.domain import hash_api_code
+from ordercancel.storage.database import create_sync_engine
+from ordercancel.storage.schema import api_keys
 from tests.wire import BY_NUMBER, decode
 
 
@@ -72,7 +72,7 @@ def test_keys_create_prints_the_code_once_and_stores_only_its_hash(
         stored = repr(connection.execute(select(api_keys)).all())
     engine.dispose()
     assert api_code not in stored
-    assert service.hash_api_code(api_code) in stored
+    assert hash_api_code(api_code) in stored
     database = settings.sqlite_path()
     if database is not None:  # and not in any page of the file, the WAL included
         raw = b"".join(path.read_bytes() for path in database.parent.glob(database.name + "*"))

@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ordercancel import client as oc
-from ordercancel import database, domain, service
-from ordercancel.app import create_app
+from ordercancel import domain
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import ProductionStatus
-from ordercancel.schema import cancellation_attempts
-from ordercancel.store import Store, open_store
+from ordercancel.http.app import create_app
+from ordercancel.storage import Store, database, open_store, service
+from ordercancel.storage.schema import cancellation_attempts
 from tests.conftest import LiveServer
 
 # The deployment: one database, the app in this process and the same app on uvicorn ------------
@@ -529,7 +529,7 @@ def test_the_client_imports_and_works_with_the_server_dependencies_absent(deploy
 
 def test_the_blocker_really_blocks_a_server_module(deployment: Deployment) -> None:
     script = _BLOCKED_IMPORTS.replace(
-        "from ordercancel.client import", "import ordercancel.app\nfrom ordercancel.client import"
+        "from ordercancel.client import", "import ordercancel.http.app\nfrom ordercancel.client import"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, ",".join(SERVER_DEPENDENCIES), "http://127.0.0.1:1", "x", "y"],

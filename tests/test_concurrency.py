@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from ordercancel import service
 from ordercancel.config import Settings
 from ordercancel.domain import AlreadyCancelled, ProcessingStarted, ProductionStatus
+from ordercancel.storage import service
 from tests.conftest import ADMIN_TOKEN, OrderFactory
 
 BY_NUMBER = "/web-api/order/CancelOrderByNumber"

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from ordercancel import service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Order
-from ordercancel.schema import cancellation_attempts, orders
+from ordercancel.storage import service
+from ordercancel.storage.schema import cancellation_attempts, orders
 from tests.conftest import OrderFactory
 from tests.wire import BY_ID, BY_NUMBER, MEDIA, Caller, decode
 

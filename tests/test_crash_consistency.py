@@ -24,10 +24,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, insert, text
 
-from ordercancel import database, service
 from ordercancel.config import Environment, Settings
-from ordercancel.database import utcnow
-from ordercancel.schema import orders
+from ordercancel.storage import database, service
+from ordercancel.storage.database import utcnow
+from ordercancel.storage.schema import orders
 from tests.conftest import connect_postgres
 from tests.serving import ServeProcess
 

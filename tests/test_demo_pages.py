@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from ordercancel import service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import ProductionStatus
+from ordercancel.storage import service
 from tests.conftest import LiveServer, OrderFactory
 
 BY_NUMBER_PAGE = "/api/demo/order-cancellation-by-number-api.htm"

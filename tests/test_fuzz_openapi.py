@@ -26,9 +26,9 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from sqlalchemy import Engine, text
 
-from ordercancel import database, service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Order
+from ordercancel.storage import database, service
 from tests.serving import ServeProcess
 
 BY_NUMBER = "/web-api/order/CancelOrderByNumber"

@@ -21,8 +21,9 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-from ordercancel import database, domain, service
+from ordercancel import domain
 from ordercancel.config import Environment, Settings
+from ordercancel.storage import database, service
 from tests import rawhttp
 from tests.serving import ServeProcess
 

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import Engine, func, select
 
 from ordercancel.config import Settings
-from ordercancel.schema import cancellation_attempts, orders
+from ordercancel.storage.schema import cancellation_attempts, orders
 from tests.conftest import LiveServer, OrderFactory
 
 BY_NUMBER = "/web-api/order/CancelOrderByNumber"

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from ordercancel import database, importer, service
 from ordercancel.cli import main
 from ordercancel.config import Environment, Settings
-from ordercancel.schema import orders
+from ordercancel.storage import database, importer, service
+from ordercancel.storage.schema import orders
 
 BY_NUMBER = "/web-api/order/CancelOrderByNumber"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from ordercancel import cli, service
+from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus, statuses_before
+from ordercancel.storage import service
 from tests.conftest import OrderFactory
 
 P = ProductionStatus

@@ -9,9 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from ordercancel import cli, database
+from ordercancel import cli
 from ordercancel.config import Settings
-from ordercancel.schema import metadata
+from ordercancel.storage import database
+from ordercancel.storage.schema import metadata
 from tests.conftest import PostgresSchemas, postgres_url
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from ordercancel.config import Environment
-from ordercancel.openapi import openapi_document
+from ordercancel.http.openapi import openapi_document
 from tests.test_contract import MESSAGES
 
 SANDBOX = "/web-api/sandbox/orders"

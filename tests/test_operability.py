@@ -10,8 +10,10 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-from ordercancel import cli, service
+from ordercancel import cli
 from ordercancel.config import Settings
+from ordercancel.domain import hash_api_code
+from ordercancel.storage import service
 from tests.conftest import OrderFactory
 from tests.serving import ServeProcess
 
@@ -128,7 +130,7 @@ def test_the_access_log_is_one_json_line_per_request_without_the_api_code(
     logs = served.logs().lower()
     assert api_code.lower() not in logs
     assert "0f8fad5b-d9cb-469f-a165-70867728950e" not in logs
-    assert service.hash_api_code(api_code) not in logs
+    assert hash_api_code(api_code) not in logs
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,9 @@ from dataclasses import replace
 import httpx
 from sqlalchemy import Engine, func, select
 
-from ordercancel import service
 from ordercancel.config import Settings
-from ordercancel.schema import cancellation_attempts
-from ordercancel.store import RememberedKeys, open_store
+from ordercancel.storage import RememberedKeys, open_store, service
+from ordercancel.storage.schema import cancellation_attempts
 from tests.conftest import OrderFactory
 from tests.wire import BY_NUMBER, decode
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from ordercancel import service
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import PaymentStatus, ProductionStatus
-from ordercancel.schema import orders
+from ordercancel.storage import service
+from ordercancel.storage.schema import orders
 from tests.conftest import LiveServer
 
 PATH = "/web-api/sandbox/orders"

@@ -9,9 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from ordercancel import service
 from ordercancel.config import Environment, Settings
-from ordercancel.store import open_store
+from ordercancel.storage import open_store, service
 from tests.conftest import OrderFactory, PostgresSchemas, postgres_url
 
 

@@ -10,9 +10,11 @@ import orjson
 import pytest
 from sqlalchemy import Engine, select
 
-from ordercancel import cli, service
+from ordercancel import cli
 from ordercancel.config import Environment, Settings
-from ordercancel.schema import metadata
+from ordercancel.domain import hash_api_code
+from ordercancel.storage import service
+from ordercancel.storage.schema import metadata
 from tests.conftest import LiveServer, OrderFactory
 
 BY_NUMBER = "/web-api/order/CancelOrderByNumber"
@@ -97,7 +99,7 @@ def test_api_codes_are_stored_only_as_their_hash(
     stored = _all_stored_bytes(settings, engine)
     for form in (api_code, api_code.upper(), api_code.replace("-", ""), uuid.UUID(api_code).bytes):
         assert (form.encode() if isinstance(form, str) else form) not in stored
-    assert service.hash_api_code(api_code).encode() in stored
+    assert hash_api_code(api_code).encode() in stored
 
 
 def test_an_api_code_is_shown_once_at_creation_and_never_listed(
@@ -111,7 +113,7 @@ def test_an_api_code_is_shown_once_at_creation_and_never_listed(
     listed = capsys.readouterr().out
     assert "acme" in listed
     assert code not in listed.lower()
-    assert service.hash_api_code(code) not in listed
+    assert hash_api_code(code) not in listed
 
 
 def test_sandbox_codes_are_unauthorized_in_production_and_the_other_way_round(

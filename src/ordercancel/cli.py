@@ -13,11 +13,12 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ordercancel import cancel_command, database, service
+from ordercancel import cancel_command
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
-from ordercancel.observability import logging_config
-from ordercancel.protocol import BoundedHttpToolsProtocol
+from ordercancel.http.observability import logging_config
+from ordercancel.http.protocol import BoundedHttpToolsProtocol
+from ordercancel.storage import database, service
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -153,7 +154,7 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_orders_import(args: argparse.Namespace, settings: Settings) -> int:
-    from ordercancel import importer
+    from ordercancel.storage import importer
 
     path = Path(args.file)
     if not path.is_file():
@@ -224,7 +225,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
     uvicorn.run(
-        "ordercancel.app:create_app_from_env",
+        "ordercancel.http.app:create_app_from_env",
         factory=True,
         host=args.host,
         port=args.port,

@@ -5,6 +5,7 @@ This module imports nothing of ours: everything else depends on it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,11 @@ _ORDER_NUMBER = re.compile(r"[A-Za-z0-9-]{1,32}\Z")
 def parse_guid(text: str) -> str | None:
     """Return the canonical (lower-case) form of a GUID in 8-4-4-4-12 form, or None."""
     return text.lower() if _GUID.match(text) else None
+
+
+def hash_api_code(api_code: str) -> str:
+    """Return the SHA-256 of an API code's canonical form: the only form ever stored or compared."""
+    return hashlib.sha256(api_code.encode()).hexdigest()
 
 
 def is_order_number(text: str) -> bool:

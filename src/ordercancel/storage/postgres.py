@@ -20,9 +20,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ordercancel.config import Environment
-from ordercancel.database import utcnow
 from ordercancel.domain import Lookup, Outcome
-from ordercancel.store import Attempt, Clock, Statements, cancel_and_record_statement, cancellation_steps
+from ordercancel.storage.database import utcnow
+from ordercancel.storage.steps import Attempt, Clock, Statements, cancel_and_record_statement, cancellation_steps
 
 #: Seconds a request waits for a free pooled connection before it is answered 500.
 POOL_TIMEOUT = 5.0

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import orjson
 from sqlalchemy import Engine
 
-from ordercancel import service
 from ordercancel.config import Settings
-from ordercancel.database import create_sync_engine
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
-from ordercancel.web import Handler, Request, Response, Route
+from ordercancel.http.core import Handler, Request, Response, Route
+from ordercancel.storage import service
+from ordercancel.storage.database import create_sync_engine
 
 ORDERS_PATH = "/admin/orders"
 ORDER_PATH = ORDERS_PATH + "/{orderId}"

@@ -63,7 +63,7 @@ def create_sync_engine(settings: Settings, *, pool_size: int | None = None) -> E
 
 def alembic_config(engine: Engine) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(files("ordercancel") / "migrations"))
+    config.set_main_option("script_location", str(files("ordercancel.storage") / "migrations"))
     config.attributes["engine"] = engine
     return config
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ordercancel.web import Handler, Request, Response
+from ordercancel.http.core import Handler, Request, Response
 
 ACCESS_LOGGER = "ordercancel.access"
 #: Upper bounds of the latency histogram, in seconds: from a fast cache hit to a stalled disk.

@@ -26,10 +26,10 @@ import psycopg
 from sqlalchemy import Connection, Engine, select
 
 from ordercancel.config import Environment
-from ordercancel.database import sqlite_timestamp, utcnow
 from ordercancel.domain import OPEN_STATUSES, PaymentStatus, ProductionStatus, is_order_number, parse_guid
-from ordercancel.schema import orders
-from ordercancel.service import AdminError, _key_id  # the lookup `orders create` uses
+from ordercancel.storage.database import sqlite_timestamp, utcnow
+from ordercancel.storage.schema import orders
+from ordercancel.storage.service import AdminError, _key_id  # the lookup `orders create` uses
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]

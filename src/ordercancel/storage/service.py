@@ -7,7 +7,6 @@ cancellations running on other connections.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,19 +16,20 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, 
 from sqlalchemy.exc import IntegrityError
 
 from ordercancel.config import Environment
-from ordercancel.database import as_utc, utcnow
 from ordercancel.domain import (
     OPEN_STATUSES,
     Order,
     PaymentStatus,
     ProductionStatus,
     generated_order_number,
+    hash_api_code,
     is_order_number,
     parse_guid,
     payments_before,
     statuses_before,
 )
-from ordercancel.schema import api_keys, cancellation_attempts, orders
+from ordercancel.storage.database import as_utc, utcnow
+from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
@@ -57,11 +57,6 @@ class OrderExists(InvalidValue):
 
 class TransitionRefused(AdminError):
     """The order is not in a state the change may start from; nothing was changed."""
-
-
-def hash_api_code(api_code: str) -> str:
-    """Return the SHA-256 of an API code's canonical form: the only form we store."""
-    return hashlib.sha256(api_code.encode()).hexdigest()
 
 
 def canonical_api_code(text: str) -> str:

@@ -6,10 +6,8 @@ import gc
 
 import orjson
 
-from ordercancel.admin_api import AdminApi
 from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
-from ordercancel.demo import demo_routes
 from ordercancel.domain import (
     Lookup,
     Outcome,
@@ -17,15 +15,17 @@ from ordercancel.domain import (
     Unauthorized,
     UnknownError,
     WrongRequestBody,
+    hash_api_code,
     lookup,
     parse_guid,
 )
-from ordercancel.observability import AccessLog, Metrics
-from ordercancel.openapi import openapi_document
-from ordercancel.sandbox import SANDBOX_ORDERS_PATH, TestOrders
-from ordercancel.service import hash_api_code
-from ordercancel.store import Attempt, Store, open_store
-from ordercancel.web import App, Handler, Request, Response, Route
+from ordercancel.http.admin_api import AdminApi
+from ordercancel.http.core import App, Handler, Request, Response, Route
+from ordercancel.http.demo import demo_routes
+from ordercancel.http.observability import AccessLog, Metrics
+from ordercancel.http.openapi import openapi_document
+from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
+from ordercancel.storage import Attempt, Store, open_store
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"

@@ -13,8 +13,8 @@ from string import Template
 
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import PaymentStatus, ProductionStatus
-from ordercancel.sandbox import SANDBOX_ORDERS_PATH
-from ordercancel.web import Handler, Request, Response, Route
+from ordercancel.http.core import Handler, Request, Response, Route
+from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH
 
 DEMO_PREFIX = "/api/demo/"
 BY_NUMBER_PAGE = DEMO_PREFIX + "order-cancellation-by-number-api.htm"
@@ -54,10 +54,10 @@ def _options(values: list[str], selected: str) -> str:
 
 def render_page(page: DemoPage, other: DemoPage, environment: Environment) -> bytes:
     """Fill the page template for one API in one environment."""
-    template = Template((files("ordercancel") / "static" / "demo.html").read_text(encoding="utf-8"))
+    template = Template((files("ordercancel.http") / "static" / "demo.html").read_text(encoding="utf-8"))
     sandbox = ""
     if environment is Environment.SANDBOX:
-        form = Template((files("ordercancel") / "static" / "sandbox-form.html").read_text(encoding="utf-8"))
+        form = Template((files("ordercancel.http") / "static" / "sandbox-form.html").read_text(encoding="utf-8"))
         sandbox = form.substitute(
             sandbox_path=escape(SANDBOX_ORDERS_PATH),
             status_options=_options([s.value for s in ProductionStatus], ProductionStatus.ORDERED.value),
@@ -106,7 +106,7 @@ def demo_routes(settings: Settings, by_number_path: str, by_id_path: str) -> lis
         "CancelOrderByIdRequest",
     )
     html = b"text/html; charset=utf-8"
-    static = files("ordercancel") / "static"
+    static = files("ordercancel.http") / "static"
     return [
         Route(by_number.path, {"GET": _static(render_page(by_number, by_id, settings.environment), html)}),
         Route(by_id.path, {"GET": _static(render_page(by_id, by_number, settings.environment), html)}),

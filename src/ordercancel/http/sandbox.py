@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 
-from ordercancel import database, service
 from ordercancel.codecs import Negotiated, error_fields, negotiate, request_codec
 from ordercancel.config import Settings
 from ordercancel.domain import (
@@ -23,10 +22,11 @@ from ordercancel.domain import (
     RequestError,
     Unauthorized,
     WrongRequestBody,
+    hash_api_code,
     parse_guid,
 )
-from ordercancel.store import Store
-from ordercancel.web import Request, Response
+from ordercancel.http.core import Request, Response
+from ordercancel.storage import Store, database, service
 
 SANDBOX_ORDERS_PATH = "/web-api/sandbox/orders"
 #: The XML document element of every answer of this endpoint.
@@ -130,7 +130,7 @@ class TestOrders:
         api_code = parse_guid((request.header("apicode") or "").strip())
         try:
             # Authentication comes before the body is read, as on the cancellation endpoints.
-            if api_code is None or await self._store.authenticate(service.hash_api_code(api_code)) is None:
+            if api_code is None or await self._store.authenticate(hash_api_code(api_code)) is None:
                 raise Unauthorized()
             wanted = test_order_request(request.header("content-type"), await request.body())
             order = await asyncio.to_thread(self._create, api_code, wanted)

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from ordercancel.schema import metadata
+from ordercancel.storage.schema import metadata
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:
