@@ -52,6 +52,12 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
+    removed = service.prune_idempotency_keys(_engine(settings))
+    print(f"forgot {removed} expired idempotency key{'' if removed == 1 else 's'}")
+    return 0
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     code = service.create_key(_engine(settings), settings.environment, args.name or "")
     if args.json:
@@ -336,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
+    command(db, "prune", cmd_db_prune, "forget expired Idempotency-Keys (the service also does, in the background)")
 
     keys = commands.add_parser("keys", help="API codes").add_subparsers(dest="keys_command", required=True)
     create_key = command(keys, "create", cmd_keys_create, "issue an API code (shown once)")

@@ -37,6 +37,13 @@ class Codec(Protocol):
         """Return every scalar top-level field of a request body (strings, or None for null)."""
         ...
 
+    def pick(self, body: bytes, names: tuple[str, ...]) -> dict[str, str | None]:
+        """Return the named string fields of a request body, parsed once; None for absent or null.
+
+        Raise WrongRequestBody when the body cannot be parsed or a named field is not a string.
+        """
+        ...
+
     def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
         """Render an ordered mapping of fields (values str, bool, int, None or nested mapping).
 
@@ -60,6 +67,13 @@ class JsonCodec:
         if value is None or isinstance(value, str):
             return value
         raise WrongRequestBody()
+
+    def pick(self, body: bytes, names: tuple[str, ...]) -> dict[str, str | None]:
+        document = self._object(body)
+        picked = {name: document.get(name) for name in names}
+        if any(value is not None and not isinstance(value, str) for value in picked.values()):
+            raise WrongRequestBody()
+        return picked  # type: ignore[return-value]  # every value is a str or None (checked above)
 
     def fields(self, body: bytes) -> dict[str, str | None]:
         document = self._object(body)
@@ -108,6 +122,18 @@ class XmlCodec:
         if len(matches) > 1:
             raise WrongRequestBody()
         return self._value(matches[0]) if matches else ABSENT
+
+    def pick(self, body: bytes, names: tuple[str, ...]) -> dict[str, str | None]:
+        picked: dict[str, str | None] = dict.fromkeys(names, ABSENT)
+        seen: set[str] = set()
+        for child in self._root(body):
+            name = _local(child.tag)
+            if name in picked:
+                if name in seen:
+                    raise WrongRequestBody()
+                seen.add(name)
+                picked[name] = self._value(child)
+        return picked
 
     def fields(self, body: bytes) -> dict[str, str | None]:
         found: dict[str, str | None] = {}

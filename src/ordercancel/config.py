@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -40,6 +41,8 @@ class Settings:
     key_cache_seconds: float = 5.0
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: Seconds an Idempotency-Key keeps its answer (the IETF draft's and Stripe's 24 hours).
+    idempotency_ttl: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +58,7 @@ class Settings:
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
+            "idempotency_ttl": env.get("ORDERCANCEL_IDEMPOTENCY_TTL"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -115,6 +119,18 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Read a duration such as `90`, `90s`, `30m`, `2h` or `1d` as seconds (more than zero)."""
+    match = _DURATION.match(text.lower())
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"a duration is a positive number of seconds, or one with s, m, h or d, not {text!r}")
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -128,5 +144,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
+    "idempotency_ttl": parse_duration,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

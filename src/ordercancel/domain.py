@@ -59,6 +59,21 @@ def generated_order_number(sequence: int) -> str:
     return f"IMC{sequence:06d}"
 
 
+class CancellationReason(StrEnum):
+    """Why an order was cancelled, as the one who cancelled it says."""
+
+    CUSTOMER_REQUEST = "CustomerRequest"
+    DUPLICATE_ORDER = "DuplicateOrder"
+    WRONG_MODEL = "WrongModel"
+    WRONG_MATERIAL_OR_FINISH = "WrongMaterialOrFinish"
+    PRICE_OR_DELIVERY_TIME = "PriceOrDeliveryTime"
+    OTHER = "Other"
+
+
+#: Longest cancellation note, in characters.
+MAX_NOTE_LENGTH = 500
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     order_id: str
@@ -135,6 +150,51 @@ class ProcessingStarted(RequestError):
     message = "Impossible to cancel order. Order processing has already been started. Contact us for more details."
 
 
+class InvalidIdempotencyKey(RequestError):
+    code = 400
+    message = "Idempotency-Key must be 1-255 visible ASCII characters."
+
+
+class IdempotencyKeyInFlight(RequestError):
+    code = 409
+    message = "A request with this Idempotency-Key is being processed. Retry later."
+
+
+class IdempotencyKeyReused(RequestError):
+    code = 422
+    message = "Idempotency-Key has been used with a different request."
+
+
+#: The refusal each code stands for: how a stored outcome is told again.
+REFUSALS: dict[int, type[RequestError]] = {
+    kind.code: kind
+    for kind in (
+        WrongRequestBody,
+        MissingOrderId,
+        MissingOrderNumber,
+        WrongOrderId,
+        WrongOrderNumber,
+        NotPlacedCorrectly,
+        AlreadyCancelled,
+        ProductionStarted,
+        ProcessingStarted,
+    )
+}
+
+
+def cancellation_details(reason: str | None, note: str | None) -> tuple[CancellationReason | None, str | None]:
+    """Read the optional reason and note of a cancellation; raise WrongRequestBody for a bad one."""
+    chosen = None
+    if reason is not None:
+        try:
+            chosen = CancellationReason(reason.strip())
+        except ValueError:
+            raise WrongRequestBody() from None
+    if note is not None and (len(note) > MAX_NOTE_LENGTH or not all(c.isprintable() or c in "\n\t" for c in note)):
+        raise WrongRequestBody()
+    return chosen, note or None
+
+
 def cancellation_refusal(order: Order) -> RequestError | None:
     """Say why the order cannot be cancelled, in the documented precedence, or None if it can."""
     if order.status is ProductionStatus.CANCELLED:
@@ -167,6 +227,8 @@ class Outcome:
     order_id: str | None
     order_number: str | None
     error: RequestError | None = None
+    #: The outcome of an earlier request with the same Idempotency-Key, told again.
+    replayed: bool = False
 
     @property
     def is_canceled(self) -> bool:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+from dataclasses import replace
 
 import orjson
 
-from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
+from ordercancel.codecs import Negotiated, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import (
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
     Lookup,
     Outcome,
     RequestError,
     Unauthorized,
     UnknownError,
     WrongRequestBody,
+    cancellation_details,
     hash_api_code,
     lookup,
     parse_guid,
@@ -22,6 +28,8 @@ from ordercancel.domain import (
 from ordercancel.http.admin_api import AdminApi
 from ordercancel.http.core import App, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
+from ordercancel.http.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ordercancel.http.idempotency import REPLAYED_HEADER, InFlight, Sweeper, fingerprint, parse_key
 from ordercancel.http.observability import AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
@@ -34,7 +42,13 @@ METRICS_PATH = "/metrics"
 JSON_CONTENT_TYPE = b"application/json"
 
 #: The one table that maps a refusal to its HTTP status; every other refusal is 200.
-HTTP_STATUS: dict[type[RequestError], int] = {Unauthorized: 401, UnknownError: 500}
+HTTP_STATUS: dict[type[RequestError], int] = {
+    Unauthorized: 401,
+    InvalidIdempotencyKey: 400,
+    IdempotencyKeyInFlight: 409,
+    IdempotencyKeyReused: 422,
+    UnknownError: 500,
+}
 
 
 class _HttpError(RequestError):
@@ -69,8 +83,8 @@ def api_key_hash(request: Request) -> str | None:
     return None if code is None else hash_api_code(code)
 
 
-def cancel_handler(store: Store, *, by_id: bool) -> Handler:
-    field = "orderId" if by_id else "orderNumber"
+def cancel_handler(store: Store, in_flight: InFlight, *, by_id: bool) -> Handler:
+    path = BY_ID_PATH if by_id else BY_NUMBER_PATH
 
     async def cancel(request: Request) -> Response:
         negotiated = negotiate(request.header("accept"))
@@ -79,22 +93,53 @@ def cancel_handler(store: Store, *, by_id: bool) -> Handler:
         key_id = None if code_hash is None else await store.authenticate(code_hash)
         request.key_id = key_id
         if key_id is None:
-            outcome = Outcome(None, None, Unauthorized())
-        else:
-            body = await request.body()
-            echo = None
-            try:
-                value = request_codec(request.header("content-type"), body).field(body, field)
-                echo = None if by_id or value is None else value.strip() or None
-                target: Lookup | RequestError = lookup(value, by_id=by_id)
-            except RequestError as error:
-                target = error
-            outcome = await store.cancel(Attempt(key_id, request.request_id, target, echo))
-        status = HTTP_STATUS.get(type(outcome.error), 200) if outcome.error else 200
-        body = negotiated.codec.encode(outcome_fields(outcome))
-        return Response(status, body, negotiated.content_type, outcome=outcome.error.code if outcome.error else 0)
+            return answer(negotiated, Outcome(None, None, Unauthorized()))
+        try:
+            idempotency_key = parse_key(request.header(IDEMPOTENCY_HEADER))
+        except InvalidIdempotencyKey as error:  # refused before the body is read: nothing is kept
+            return answer(negotiated, Outcome(None, None, error))
+        body = await request.body()
+        attempt = read_attempt(
+            Attempt(key_id, request.request_id, WrongRequestBody()), path, request, body, by_id=by_id
+        )
+        if idempotency_key is None:
+            return answer(negotiated, await store.cancel(attempt))
+        if not in_flight.enter(key_id, idempotency_key):
+            return answer(negotiated, Outcome(None, None, IdempotencyKeyInFlight()))
+        try:
+            return answer(negotiated, await store.cancel(replace(attempt, idempotency_key=idempotency_key)))
+        finally:
+            in_flight.leave(key_id, idempotency_key)
 
     return cancel
+
+
+def read_attempt(attempt: Attempt, path: str, request: Request, body: bytes, *, by_id: bool) -> Attempt:
+    """Read a cancellation request's body into the attempt the store runs, refusal included."""
+    field = "orderId" if by_id else "orderNumber"
+    echo = reason = note = None
+    try:
+        values = request_codec(request.header("content-type"), body).pick(body, (field, "reason", "note"))
+        value = values[field]
+        reason, note = cancellation_details(values["reason"], values["note"])
+        echo = None if by_id or value is None else value.strip() or None
+        target: Lookup | RequestError = lookup(value, by_id=by_id)
+        print_ = fingerprint(path, None if value is None else value.strip(), reason, note)
+    except RequestError as error:
+        target = error
+        print_ = fingerprint(path, hashlib.sha256(body).hexdigest())
+    return replace(attempt, target=target, echo=echo, reason=reason, note=note, fingerprint=print_)
+
+
+def answer(negotiated: Negotiated, outcome: Outcome) -> Response:
+    """Render an outcome in the negotiated format, with the HTTP status and headers it calls for."""
+    error = outcome.error
+    status = HTTP_STATUS.get(type(error), 200) if error else 200
+    headers = [REPLAYED_HEADER] if outcome.replayed else []
+    if isinstance(error, IdempotencyKeyInFlight):
+        headers.append((b"retry-after", b"1"))
+    body = negotiated.codec.encode(outcome_fields(outcome))
+    return Response(status, body, negotiated.content_type, headers, outcome=error.code if error else 0)
 
 
 def health_handler(store: Store, settings: Settings) -> Handler:
@@ -133,15 +178,17 @@ async def freeze_startup_objects() -> None:
 def create_app(settings: Settings, store: Store) -> App:
     """Build the ASGI application from its collaborators; the store is started by the lifespan."""
     metrics = Metrics([BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH])
+    in_flight = InFlight()
+    sweeper = Sweeper(store.prune)
     routes = [
-        Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, by_id=False)}),
-        Route(BY_ID_PATH, {"POST": cancel_handler(store, by_id=True)}),
+        Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, in_flight, by_id=False)}),
+        Route(BY_ID_PATH, {"POST": cancel_handler(store, in_flight, by_id=True)}),
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
     ]
-    on_shutdown = [store.close]
+    on_shutdown = [sweeper.stop, store.close]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
         admin = AdminApi(settings)
         routes.extend(admin.routes())
@@ -153,7 +200,7 @@ def create_app(settings: Settings, store: Store) -> App:
     return App(
         routes,
         error=error_response,
-        on_startup=[store.start, freeze_startup_objects],
+        on_startup=[store.start, sweeper.start, freeze_startup_objects],
         on_shutdown=on_shutdown,
         observers=[metrics.observe, AccessLog(metrics).observe],
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],

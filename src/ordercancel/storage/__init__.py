@@ -20,12 +20,17 @@ def open_store(settings: Settings) -> Store:
     if settings.is_postgres:
         from ordercancel.storage.postgres import PostgresStore  # psycopg is loaded only when it is used
 
-        store = PostgresStore(settings.database_url, settings.environment, pool_size=settings.pool_size)
+        store = PostgresStore(
+            settings.database_url,
+            settings.environment,
+            pool_size=settings.pool_size,
+            idempotency_ttl=settings.idempotency_ttl,
+        )
     else:
         path = settings.sqlite_path()
         if path is None:
             raise ValueError(f"no store for the database URL {settings.database_url!r}")
-        store = SqliteStore(str(path), settings.environment)
+        store = SqliteStore(str(path), settings.environment, idempotency_ttl=settings.idempotency_ttl)
     if settings.key_cache_seconds > 0:
         store = RememberedKeys(store, seconds=settings.key_cache_seconds)
     return store

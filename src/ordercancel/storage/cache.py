@@ -40,6 +40,9 @@ class RememberedKeys:
     async def cancel(self, attempt: Attempt) -> Outcome:
         return await self._store.cancel(attempt)
 
+    async def prune(self, limit: int) -> int:
+        return await self._store.prune(limit)
+
     async def authenticate(self, code_hash: str) -> int | None:
         now = self._clock()
         known = self._known.get(code_hash)

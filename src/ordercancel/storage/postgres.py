@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import timedelta
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -53,9 +54,18 @@ def conninfo(url: str) -> str:
 class PostgresStore:
     """The hot path on PostgreSQL: one transaction per cancellation, on a pooled connection."""
 
-    def __init__(self, url: str, environment: Environment, *, pool_size: int = 8, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        url: str,
+        environment: Environment,
+        *,
+        pool_size: int = 8,
+        clock: Clock = utcnow,
+        idempotency_ttl: float = 86400.0,
+    ) -> None:
         self._environment = environment.value
         self._clock = clock
+        self._idempotency_ttl = timedelta(seconds=idempotency_ttl)
         self._pool = AsyncConnectionPool(
             conninfo(url),
             min_size=pool_size,
@@ -88,21 +98,36 @@ class PostgresStore:
         now = self._clock()
         async with self._pool.connection() as connection:
             target = attempt.target
-            if isinstance(target, Lookup):
+            if isinstance(target, Lookup) and attempt.idempotency_key is None:
                 # The success path first, as one statement: measured 1.9x the throughput of the
                 # same steps in an explicit transaction (BEGIN, UPDATE, INSERT, COMMIT).
-                params = {"now": now, "key": attempt.key_id, "request_id": attempt.request_id, "value": target.value}
+                params = {
+                    "now": now,
+                    "key": attempt.key_id,
+                    "request_id": attempt.request_id,
+                    "value": target.value,
+                    "reason": attempt.reason,
+                    "note": attempt.note,
+                }
                 cursor = await connection.execute(CANCEL_AND_RECORD[target.by_id], params)
                 row = await cursor.fetchone()
                 if row is not None:
                     return Outcome(str(row[1]), str(row[2]))
-            # Refused (or the body named no order): the shared steps find out why and record it.
+            # Refused (or the body named no order, or an Idempotency-Key is to be taken): the
+            # shared steps, in one transaction.
             async with connection.transaction():
-                return await _run(connection, attempt, now)
+                return await _run(connection, attempt, now, now + self._idempotency_ttl)
+
+    async def prune(self, limit: int) -> int:
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(STATEMENTS.prune_keys, {"now": self._clock(), "limit": limit})
+            return cursor.rowcount
 
 
-async def _run(connection: AsyncConnection[tuple[object, ...]], attempt: Attempt, now: object) -> Outcome:
-    steps = cancellation_steps(attempt, now, STATEMENTS)
+async def _run(
+    connection: AsyncConnection[tuple[object, ...]], attempt: Attempt, now: object, expires: object
+) -> Outcome:
+    steps = cancellation_steps(attempt, now, STATEMENTS, expires=expires)
     row: Sequence[object] | None = None
     try:
         while True:

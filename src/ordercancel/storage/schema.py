@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -13,6 +14,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    false,
 )
 
 from ordercancel.domain import PaymentStatus, ProductionStatus
@@ -50,6 +53,11 @@ orders = Table(
     Column("claimed_at", DateTime(timezone=True)),
     Column("cancelled_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Why and by whom it was cancelled: an API key (its row id) or an operator (a name), never both.
+    Column("cancellation_reason", String(32)),
+    Column("cancellation_note", Text),
+    Column("cancelled_by_key", Integer, ForeignKey("api_keys.id")),
+    Column("cancelled_by_operator", Text),
     _one_of("status", ProductionStatus),
     _one_of("payment_status", PaymentStatus),
 )
@@ -64,6 +72,28 @@ cancellation_attempts = Table(
     Column("order_ref", Integer, ForeignKey("orders.id")),
     Column("outcome", Integer, nullable=False),
     Column("request_id", String(128), nullable=False),
+    # The answer was an earlier request's, told again for the same Idempotency-Key.
+    Column("replayed", Boolean, nullable=False, server_default=false()),
     Index("ix_cancellation_attempts_order_ref", "order_ref"),
     Index("ix_cancellation_attempts_api_key_id", "api_key_id"),
+)
+
+# The first completed answer to each Idempotency-Key of each API key, kept until it expires.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("key", String(255), nullable=False),
+    # SHA-256 of what the request asked (endpoint, order, reason, note): a reuse must ask the same.
+    Column("fingerprint", String(64), nullable=False),
+    # The answer's code (0: cancelled), and the order it named; NULL while being processed.
+    Column("outcome", Integer),
+    Column("order_id", String(36)),
+    Column("order_number", String(32)),
+    Column("order_ref", Integer, ForeignKey("orders.id")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("api_key_id", "key", name="uq_idempotency_keys_api_key_id_key"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
 )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ordercancel.config import Environment
@@ -29,7 +29,7 @@ from ordercancel.domain import (
     statuses_before,
 )
 from ordercancel.storage.database import as_utc, utcnow
-from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
+from ordercancel.storage.schema import api_keys, cancellation_attempts, idempotency_keys, orders
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
@@ -436,3 +436,15 @@ def audit_fields(entry: AuditEntry) -> dict[str, object]:
         "outcome": entry.outcome,
         "requestId": entry.request_id,
     }
+
+
+def prune_idempotency_keys(engine: Engine, *, clock: Clock = utcnow, batch: int = 1000) -> int:
+    """Forget every expired Idempotency-Key, a batch per transaction; return how many."""
+    removed = 0
+    while True:
+        expired = select(idempotency_keys.c.id).where(idempotency_keys.c.expires_at <= clock()).limit(batch)
+        with engine.begin() as connection:
+            count = connection.execute(delete(idempotency_keys).where(idempotency_keys.c.id.in_(expired))).rowcount
+        removed += count
+        if count < batch:
+            return removed

@@ -7,6 +7,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import cast
 
 from ordercancel.config import Environment
@@ -15,9 +16,11 @@ from ordercancel.storage.database import configure_sqlite, sqlite_timestamp, utc
 from ordercancel.storage.steps import SQLITE_STATEMENTS, Attempt, Clock, cancellation_steps
 
 
-def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now: str) -> Outcome:
+def cancel_in_transaction(
+    connection: sqlite3.Connection, attempt: Attempt, now: str, expires: str | None = None
+) -> Outcome:
     """Run one cancellation attempt inside the caller's open transaction."""
-    steps = cancellation_steps(attempt, now)
+    steps = cancellation_steps(attempt, now, expires=expires)
     row: Sequence[object] | None = None
     try:
         while True:
@@ -146,10 +149,13 @@ def _settle_all(outcomes: list[tuple[asyncio.Future[object], object]]) -> None:
 class SqliteStore:
     """The hot path on SQLite: reads on the event loop's thread, writes by group commit."""
 
-    def __init__(self, path: str, environment: Environment, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, path: str, environment: Environment, *, clock: Clock = utcnow, idempotency_ttl: float = 86400.0
+    ) -> None:
         self._path = path
         self._environment = environment.value
         self._clock = clock
+        self._idempotency_ttl = timedelta(seconds=idempotency_ttl)
         self._reader: sqlite3.Connection | None = None
         self._writer = _GroupCommitWriter(path)
 
@@ -181,7 +187,15 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     async def cancel(self, attempt: Attempt) -> Outcome:
-        now = sqlite_timestamp(self._clock())
-        result = await self._writer.submit(lambda c: cancel_in_transaction(c, attempt, now))
+        at = self._clock()
+        now = sqlite_timestamp(at)
+        expires = None if attempt.idempotency_key is None else sqlite_timestamp(at + self._idempotency_ttl)
+        result = await self._writer.submit(lambda c: cancel_in_transaction(c, attempt, now, expires))
         assert isinstance(result, Outcome)
+        return result
+
+    async def prune(self, limit: int) -> int:
+        params = {"now": sqlite_timestamp(self._clock()), "limit": limit}
+        result = await self._writer.submit(lambda c: c.execute(SQLITE_STATEMENTS.prune_keys, params).rowcount)
+        assert isinstance(result, int)
         return result

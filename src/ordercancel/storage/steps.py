@@ -15,6 +15,9 @@ from typing import NamedTuple, Protocol
 
 from ordercancel.domain import (
     OPEN_STATUSES,
+    REFUSALS,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
     Lookup,
     Order,
     Outcome,
@@ -39,6 +42,12 @@ class Attempt:
     target: Lookup | RequestError
     #: The order number to echo when the order is not found (by-number requests only).
     echo: str | None = None
+    #: Why the caller cancels, and a note of theirs (both optional, both kept with the order).
+    reason: str | None = None
+    note: str | None = None
+    #: The caller's Idempotency-Key, and the fingerprint of what it asks (see http/idempotency.py).
+    idempotency_key: str | None = None
+    fingerprint: str = ""
 
 
 class Store(Protocol):
@@ -55,6 +64,9 @@ class Store(Protocol):
     async def cancel(self, attempt: Attempt) -> Outcome:
         """Cancel the order if the rules allow, record the attempt, and say what happened."""
 
+    async def prune(self, limit: int) -> int:
+        """Forget at most `limit` expired Idempotency-Keys; return how many."""
+
 
 _OPEN = ", ".join(f"'{status.value}'" for status in sorted(OPEN_STATUSES))
 _KEY_ACTIVE = "EXISTS (SELECT 1 FROM api_keys WHERE id = :key AND revoked_at IS NULL)"
@@ -63,7 +75,8 @@ _KEY_ACTIVE = "EXISTS (SELECT 1 FROM api_keys WHERE id = :key AND revoked_at IS 
 def cancel_statement(column: str, param: str = ":value") -> str:
     """The single conditional write that cancels an order when, and only when, the rules allow."""
     return (
-        f"UPDATE orders SET status = '{ProductionStatus.CANCELLED.value}', cancelled_at = :now "
+        f"UPDATE orders SET status = '{ProductionStatus.CANCELLED.value}', cancelled_at = :now, "
+        "cancellation_reason = :reason, cancellation_note = :note, cancelled_by_key = :key "
         f"WHERE {column} = {param} AND api_key_id = :key AND status IN ({_OPEN}) "
         f"AND payment_status <> '{PaymentStatus.NOK.value}' AND engineer IS NULL "
         f"AND {_KEY_ACTIVE} RETURNING id, order_id, order_number"
@@ -90,8 +103,32 @@ def cancel_and_record_statement(column: str, param: str = ":value") -> str:
 
 
 RECORD_ATTEMPT = (
-    "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
-    "VALUES (:now, :key, :ref, :outcome, :request_id)"
+    "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id, replayed) "
+    "VALUES (:now, :key, :ref, :outcome, :request_id, :replayed)"
+)
+#: Take an Idempotency-Key for this request: a new one, or one whose time is up. No row: it is taken.
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, created_at, expires_at) "
+    "VALUES (:key, :idempotency_key, :fingerprint, :now, :expires) "
+    "ON CONFLICT (api_key_id, key) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "outcome = NULL, order_id = NULL, order_number = NULL, order_ref = NULL, created_at = excluded.created_at, "
+    "expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= excluded.created_at "
+    "RETURNING id"
+)
+READ_KEY = (
+    "SELECT fingerprint, outcome, order_id, order_number, order_ref FROM idempotency_keys "
+    "WHERE api_key_id = :key AND key = :idempotency_key"
+)
+COMPLETE_KEY = (
+    "UPDATE idempotency_keys SET outcome = :outcome, order_id = :order_id, order_number = :order_number, "
+    "order_ref = :ref "
+    "WHERE api_key_id = :key AND key = :idempotency_key"
+)
+RELEASE_KEY = "DELETE FROM idempotency_keys WHERE api_key_id = :key AND key = :idempotency_key"
+#: Forget expired keys, a bounded number at a time.
+PRUNE_KEYS = (
+    "DELETE FROM idempotency_keys WHERE id IN "
+    "(SELECT id FROM idempotency_keys WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit)"
 )
 AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
 
@@ -127,6 +164,11 @@ class Statements:
     explain_by_id: str
     record_attempt: str
     authenticate: str
+    claim_key: str
+    read_key: str
+    complete_key: str
+    release_key: str
+    prune_keys: str
 
     @classmethod
     def build(cls, style: Callable[[str], str] = lambda sql: sql) -> Statements:
@@ -137,6 +179,11 @@ class Statements:
             style(explain_statement("order_id")),
             style(RECORD_ATTEMPT),
             style(AUTHENTICATE),
+            style(CLAIM_KEY),
+            style(READ_KEY),
+            style(COMPLETE_KEY),
+            style(RELEASE_KEY),
+            style(PRUNE_KEYS),
         )
 
 
@@ -156,33 +203,81 @@ class Step(NamedTuple):
 Steps = Generator[Step, Sequence[object] | None, Outcome]
 
 
-def cancellation_steps(attempt: Attempt, now: object, statements: Statements = SQLITE_STATEMENTS) -> Steps:
+def cancellation_steps(
+    attempt: Attempt, now: object, statements: Statements = SQLITE_STATEMENTS, *, expires: object = None
+) -> Steps:
     """Yield the statements of one cancellation attempt, to run in one transaction; return its outcome.
 
     The logic lives here once, free of I/O: SQLite runs the steps on its writer thread,
-    PostgreSQL awaits them on a pooled connection.
+    PostgreSQL awaits them on a pooled connection. With an Idempotency-Key, the key is taken in
+    the same transaction as the cancellation and its record, and keeps their outcome: a key
+    that is already taken answers the outcome it keeps instead (`expires` is when a new key's
+    time is up).
     """
-    params: dict[str, object] = {"now": now, "key": attempt.key_id, "request_id": attempt.request_id}
-    target = attempt.target
-    if isinstance(target, RequestError):
-        outcome, ref = Outcome(None, attempt.echo, target), None
-    else:
-        if target.by_id:
-            cancel, explain = statements.cancel_by_id, statements.explain_by_id
+    params: dict[str, object] = {
+        "now": now,
+        "key": attempt.key_id,
+        "request_id": attempt.request_id,
+        "reason": attempt.reason,
+        "note": attempt.note,
+        "replayed": False,
+        "idempotency_key": attempt.idempotency_key,
+        "fingerprint": attempt.fingerprint,
+        "expires": expires,
+    }
+    if attempt.idempotency_key is not None and (yield Step(statements.claim_key, params)) is None:
+        return (yield from _told_again(attempt, params, statements))
+    outcome, ref = yield from _cancellation(attempt, params, statements)
+    if attempt.idempotency_key is not None:
+        if isinstance(outcome.error, Unauthorized):  # nothing is kept for a key revoked meanwhile
+            yield Step(statements.release_key, params, reads=False)
         else:
-            cancel, explain = statements.cancel_by_number, statements.explain_by_number
-        params["value"] = target.value
-        for _ in range(RETRIES):
-            row = yield Step(cancel, params)
-            if row is not None:
-                ref, outcome = int(str(row[0])), Outcome(str(row[1]), str(row[2]))
-                break
-            ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)))
-            if outcome.error is not None:
-                break
-        else:  # the order kept changing under us (claims released and taken again): say so
-            outcome = Outcome(outcome.order_id, outcome.order_number, ProcessingStarted())
+            code = outcome.error.code if outcome.error else 0
+            params.update(outcome=code, order_id=outcome.order_id, order_number=outcome.order_number, ref=ref)
+            yield Step(statements.complete_key, params, reads=False)
     if not isinstance(outcome.error, Unauthorized):
         params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
         yield Step(statements.record_attempt, params, reads=False)
+    return outcome
+
+
+def _cancellation(
+    attempt: Attempt, params: dict[str, object], statements: Statements
+) -> Generator[Step, Sequence[object] | None, tuple[Outcome, int | None]]:
+    target = attempt.target
+    if isinstance(target, RequestError):
+        return Outcome(None, attempt.echo, target), None
+    if target.by_id:
+        cancel, explain = statements.cancel_by_id, statements.explain_by_id
+    else:
+        cancel, explain = statements.cancel_by_number, statements.explain_by_number
+    params["value"] = target.value
+    for _ in range(RETRIES):
+        row = yield Step(cancel, params)
+        if row is not None:
+            return Outcome(str(row[1]), str(row[2])), int(str(row[0]))
+        ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)))
+        if outcome.error is not None:
+            return outcome, ref
+    # The order kept changing under us (claims released and taken again): say so.
+    return Outcome(outcome.order_id, outcome.order_number, ProcessingStarted()), ref
+
+
+def _told_again(attempt: Attempt, params: dict[str, object], statements: Statements) -> Steps:
+    """Answer a request whose Idempotency-Key is taken: the outcome it keeps, 409 or 422."""
+    row = yield Step(statements.read_key, params)
+    error: RequestError | None
+    ref = None
+    if row is None or row[0] != attempt.fingerprint:
+        outcome = Outcome(None, None, IdempotencyKeyReused())
+    elif row[1] is None:  # taken by a transaction that has not finished
+        outcome = Outcome(None, None, IdempotencyKeyInFlight())
+    else:
+        code = int(str(row[1]))
+        error = None if code == 0 else REFUSALS[code]()
+        order_id, number = (None if value is None else str(value) for value in row[2:4])
+        ref = None if row[4] is None else int(str(row[4]))
+        outcome = Outcome(order_id, number, error, replayed=True)
+    params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0, replayed=outcome.replayed)
+    yield Step(statements.record_attempt, params, reads=False)
     return outcome
