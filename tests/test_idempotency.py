@@ -329,3 +329,86 @@ def test_fifty_orders_sharing_one_key_execute_only_one(
     assert {a.status_code for a in answers} <= {200, 409, 422}
     cancelled = [n for n in numbers if service.find_order(engine, n).status is ProductionStatus.CANCELLED]
     assert cancelled == [executed[0].json()["orderNumber"]]
+
+
+# The client and its command line -------------------------------------------------------------------
+
+
+class _LosesFirstAnswer(httpx.BaseTransport):
+    """The network between client and server: the first answer never reaches the client."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.keys: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        response.read()
+        self.keys.append(request.headers.get("idempotency-key"))
+        if len(self.keys) == 1:
+            raise httpx.ReadError("connection reset while the answer was on its way", request=request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_the_client_retries_a_lost_success_with_the_same_key_and_gets_the_success(
+    server: LiveServer, engine: Engine, api_code: str, make_order: OrderFactory
+) -> None:
+    from ordercancel.client import Client
+
+    order = make_order()
+    network = _LosesFirstAnswer()
+    with Client(api_code, base_url=server.url, transport=network, backoff=0.01) as client:
+        result = client.cancel_by_number(order.order_number, reason="CustomerRequest", note="by phone")
+    assert (result.order_id, result.replayed, result.attempts) == (order.order_id, True, 2)
+    assert network.keys[0] is not None and network.keys == [network.keys[0]] * 2  # one key for the whole call
+    with engine.connect() as connection:
+        reason = connection.scalar(
+            text("SELECT cancellation_reason FROM orders WHERE order_id = :id"), {"id": order.order_id}
+        )
+    assert reason == "CustomerRequest"
+
+
+def test_a_reused_key_raises_at_once_and_each_call_gets_a_key_of_its_own(
+    server: LiveServer, api_code: str, make_order: OrderFactory
+) -> None:
+    from ordercancel.client import Client, IdempotencyKeyReused
+
+    first, second, third = make_order(), make_order(), make_order()
+    with Client(api_code, base_url=server.url) as client:
+        client.cancel_by_number(first.order_number, idempotency_key=KEY)
+        with pytest.raises(IdempotencyKeyReused) as raised:
+            client.cancel_by_number(second.order_number, idempotency_key=KEY)
+        assert (raised.value.status_code, raised.value.attempts) == (422, 1)
+        assert client.cancel_by_number(second.order_number).replayed is False  # a fresh key per call
+        assert client.cancel_by_id(third.order_id).replayed is False
+
+
+def test_the_client_knows_the_reasons_the_domain_knows() -> None:
+    from ordercancel.client import REASONS
+    from ordercancel.domain import CancellationReason
+
+    assert tuple(CancellationReason) == REASONS
+
+
+def test_the_cli_sends_reason_note_and_key_and_says_when_an_answer_is_told_again(
+    server: LiveServer, engine: Engine, api_code: str, make_order: OrderFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ordercancel.cli import main
+
+    order = make_order()
+    argv = ["cancel", order.order_number, "--api-code", api_code, "--url", server.url]
+    argv += ["--reason", "WrongModel", "--note", "old STL", "--idempotency-key", KEY]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "earlier request" not in out[0]
+    assert out[1].endswith("(the answer to an earlier request with this Idempotency-Key)")
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT cancellation_reason, cancellation_note FROM orders WHERE order_id = :id"),
+            {"id": order.order_id},
+        ).one()
+    assert tuple(row) == ("WrongModel", "old STL")

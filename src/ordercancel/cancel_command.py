@@ -18,7 +18,15 @@ from typing import Any
 
 import httpx
 
-from ordercancel.client import ApiError, Cancellation, Client, ServerError, TransportError, UnexpectedResponse
+from ordercancel.client import (
+    REASONS,
+    ApiError,
+    Cancellation,
+    Client,
+    ServerError,
+    TransportError,
+    UnexpectedResponse,
+)
 
 EXIT_CANCELLED = 0
 EXIT_USAGE = 2
@@ -46,6 +54,13 @@ def register(commands: Any) -> None:
     cancel.add_argument("--json", action="store_true", help="print the decoded response as JSON")
     cancel.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default 10)")
     cancel.add_argument("--retries", type=int, default=2, help="retries on connection failure or 500 (default 2)")
+    cancel.add_argument("--reason", choices=REASONS, help="why the order is cancelled (kept with the order)")
+    cancel.add_argument("--note", help="a note kept with the order (at most 500 printable characters)")
+    cancel.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="sent as Idempotency-Key (default: a new UUID4, the same for every retry of this call)",
+    )
 
 
 def _print(fields: dict[str, Any]) -> None:
@@ -57,7 +72,8 @@ def _cancelled(result: Cancellation, as_json: bool) -> int:
         _print(result.fields)
     else:
         where = f" in the {result.environment}" if result.environment else ""
-        print(f"cancelled: order {result.order_number} ({result.order_id}){where}")
+        again = " (the answer to an earlier request with this Idempotency-Key)" if result.replayed else ""
+        print(f"cancelled: order {result.order_number} ({result.order_id}){where}{again}")
     return EXIT_CANCELLED
 
 
@@ -88,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with client:
         try:
-            result = client.cancel_by_id(args.order) if args.by_id else client.cancel_by_number(args.order)
+            cancel = client.cancel_by_id if args.by_id else client.cancel_by_number
+            result = cancel(args.order, reason=args.reason, note=args.note, idempotency_key=args.idempotency_key)
         except ApiError as error:
             return _refused(error, args.json)
         except TransportError as error:

@@ -11,14 +11,15 @@ Every refusal is an exception of its own (`AlreadyCancelled`, `OrderNotFound`, .
 `ApiError`, which carries the server's `code` and `message`. `TransportError` means no answer.
 
 Retries: a request is sent again only when the connection failed (refused, reset, timed out,
-closed before the answer) or the server answered HTTP 500, up to `retries` more times, waiting
-`backoff`, then twice that, and so on (with jitter) in between. Nothing else is retried.
+closed before the answer) or the server answered HTTP 500 or 409 (a request with the same
+Idempotency-Key still being processed), up to `retries` more times, waiting `backoff`, then
+twice that, and so on (with jitter) in between. Nothing else is retried.
 
-A cancellation can succeed even though its answer is lost on the way back. Its retry then finds
-the order cancelled and gets 507 (`AlreadyCancelled`). So **a 507 whose `attempts` is greater
-than 1 means the order is cancelled, most likely by our own earlier attempt**: treat it as a
-success unless your records show that someone else cancelled it. A 507 on the first attempt
-(`attempts == 1`) means the order had been cancelled before this call.
+Every cancellation carries an Idempotency-Key (yours, or a new UUID4 per call), sent again with
+each retry of that call. A cancellation can succeed even though its answer is lost on the way
+back: its retry then gets the same success again (`Cancellation.replayed` is True), not 507.
+`AlreadyCancelled.retried` (a 507 after more than one attempt) tells the same story for a
+server without idempotency keys; with them, a 507 means the order was cancelled before the call.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import random
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
@@ -84,6 +86,8 @@ class Cancellation:
     attempts: int = 1
     #: The decoded answer, as the server sent it.
     fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: The answer was an earlier attempt's, told again for the same Idempotency-Key.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,24 @@ class Unauthorized(ApiError):
     codes = (401,)
 
 
+class InvalidIdempotencyKey(ApiError):
+    """The Idempotency-Key is not 1-255 visible ASCII characters (400)."""
+
+    codes = (400,)
+
+
+class ConflictInFlight(ApiError):
+    """A request with the same Idempotency-Key was still being processed (409); retried first."""
+
+    codes = (409,)
+
+
+class IdempotencyKeyReused(ApiError):
+    """The Idempotency-Key was used before for a different request (422); never retried."""
+
+    codes = (422,)
+
+
 class ServerError(ApiError):
     """The server failed (500); it was retried before this was raised."""
 
@@ -207,6 +229,9 @@ ERRORS: dict[int, type[ApiError]] = {
     code: kind
     for kind in (
         Unauthorized,
+        InvalidIdempotencyKey,
+        ConflictInFlight,
+        IdempotencyKeyReused,
         ServerError,
         BadRequestBody,
         MissingOrderReference,
@@ -300,6 +325,7 @@ def cancellation(response: httpx.Response, attempts: int) -> Cancellation:
             response.headers.get(ENVIRONMENT_HEADER),
             attempts,
             fields,
+            response.headers.get("idempotent-replayed") == "true",
         )
     raise _error(response, fields, attempts)
 
@@ -319,6 +345,11 @@ def sandbox_order(response: httpx.Response, attempts: int) -> SandboxOrder:
     raise _error(response, fields, attempts)
 
 
+#: Answers worth another attempt: the server failed (nothing was committed), or the same key is
+#: still being processed.
+RETRIED_STATUSES = frozenset({409, 500})
+#: The reasons a cancellation may give.
+REASONS = ("CustomerRequest", "DuplicateOrder", "WrongModel", "WrongMaterialOrFinish", "PriceOrDeliveryTime", "Other")
 #: Connection failures worth another attempt; a bad URL scheme or a proxy refusal is not.
 RETRIED_FAILURES = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
@@ -364,17 +395,25 @@ class _Base:
             return False
         if isinstance(outcome, Exception):
             return isinstance(outcome, RETRIED_FAILURES)
-        return outcome.status_code == 500
+        return outcome.status_code in RETRIED_STATUSES
 
     @staticmethod
     def _give_up(error: httpx.TransportError, attempts: int) -> TransportError:
         plural = "s" if attempts > 1 else ""
         return TransportError(f"no answer after {attempts} attempt{plural}: {error!r}", attempts)
 
-    def _cancel_request(self, value: str, *, by_id: bool) -> tuple[str, bytes]:
-        if by_id:
-            return BY_ID_PATH, encode(self.format, "CancelOrderByIdRequest", {"orderId": value})
-        return BY_NUMBER_PATH, encode(self.format, "CancelOrderByNumberRequest", {"orderNumber": value})
+    def _cancel_request(
+        self, value: str, by_id: bool, reason: str | None, note: str | None, idempotency_key: str | None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        fields = {"orderId" if by_id else "orderNumber": value}
+        if reason is not None:
+            fields["reason"] = reason
+        if note is not None:
+            fields["note"] = note
+        root = "CancelOrderByIdRequest" if by_id else "CancelOrderByNumberRequest"
+        # One key per call, the same for every retry of it: a retry of a success is that success.
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return BY_ID_PATH if by_id else BY_NUMBER_PATH, encode(self.format, root, fields), headers
 
     def _test_order_request(self, status: str, payment_status: str, engineer: str | None) -> bytes:
         fields = {"status": status, "paymentStatus": payment_status}
@@ -400,12 +439,12 @@ class Client(_Base):
         super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
-    def _post(self, path: str, content: bytes) -> tuple[httpx.Response, int]:
+    def _post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> tuple[httpx.Response, int]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self._http.post(path, content=content)
+                response = self._http.post(path, content=content, headers=headers)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
@@ -414,13 +453,31 @@ class Client(_Base):
                     return response, attempt
             time.sleep(self._delay(attempt))
 
-    def cancel_by_number(self, order_number: str) -> Cancellation:
+    def cancel_by_number(
+        self,
+        order_number: str,
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Cancellation:
         """Cancel an order by its number; raise the refusal's exception when it cannot be."""
-        return cancellation(*self._post(*self._cancel_request(order_number, by_id=False)))
+        request = self._cancel_request(
+            order_number, by_id=False, reason=reason, note=note, idempotency_key=idempotency_key
+        )
+        return cancellation(*self._post(*request))
 
-    def cancel_by_id(self, order_id: str) -> Cancellation:
+    def cancel_by_id(
+        self,
+        order_id: str,
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Cancellation:
         """Cancel an order by its ID (a GUID); raise the refusal's exception when it cannot be."""
-        return cancellation(*self._post(*self._cancel_request(order_id, by_id=True)))
+        request = self._cancel_request(order_id, True, reason, note, idempotency_key)
+        return cancellation(*self._post(*request))
 
     def create_test_order(
         self, *, status: str = "Ordered", payment_status: str = "PaymentOK", engineer: str | None = None
@@ -456,12 +513,14 @@ class AsyncClient(_Base):
         super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
-    async def _post(self, path: str, content: bytes) -> tuple[httpx.Response, int]:
+    async def _post(
+        self, path: str, content: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[httpx.Response, int]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._http.post(path, content=content)
+                response = await self._http.post(path, content=content, headers=headers)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
@@ -470,13 +529,31 @@ class AsyncClient(_Base):
                     return response, attempt
             await asyncio.sleep(self._delay(attempt))
 
-    async def cancel_by_number(self, order_number: str) -> Cancellation:
+    async def cancel_by_number(
+        self,
+        order_number: str,
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Cancellation:
         """Cancel an order by its number; raise the refusal's exception when it cannot be."""
-        return cancellation(*await self._post(*self._cancel_request(order_number, by_id=False)))
+        request = self._cancel_request(
+            order_number, by_id=False, reason=reason, note=note, idempotency_key=idempotency_key
+        )
+        return cancellation(*await self._post(*request))
 
-    async def cancel_by_id(self, order_id: str) -> Cancellation:
+    async def cancel_by_id(
+        self,
+        order_id: str,
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Cancellation:
         """Cancel an order by its ID (a GUID); raise the refusal's exception when it cannot be."""
-        return cancellation(*await self._post(*self._cancel_request(order_id, by_id=True)))
+        request = self._cancel_request(order_id, True, reason, note, idempotency_key)
+        return cancellation(*await self._post(*request))
 
     async def create_test_order(
         self, *, status: str = "Ordered", payment_status: str = "PaymentOK", engineer: str | None = None
@@ -503,6 +580,9 @@ __all__ = [
     "Cancellation",
     "Client",
     "ClientError",
+    "ConflictInFlight",
+    "IdempotencyKeyReused",
+    "InvalidIdempotencyKey",
     "MissingOrderReference",
     "NotPlacedCorrectly",
     "OrderNotFound",

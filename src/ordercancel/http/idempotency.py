@@ -25,6 +25,9 @@ SWEEP_BATCHES = 100
 SWEEP_EVERY = 60.0
 
 _VISIBLE = re.compile(r"[\x21-\x7e]{1,255}\Z")
+#: An sf-string (RFC 8941, 3.3.3): printable ASCII in quotes, a backslash escaping a quote or itself.
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"\Z')
+_ESCAPE = re.compile(r"\\(.)")
 log = logging.getLogger("ordercancel.idempotency")
 
 
@@ -34,25 +37,10 @@ def parse_key(header: str | None) -> str | None:
         return None
     text = header.strip(" \t")
     if text.startswith('"'):
-        if len(text) < 2 or not text.endswith('"'):
+        string = _SF_STRING.match(text)
+        if string is None:
             raise InvalidIdempotencyKey()
-        # An sf-string: a backslash escapes only a quote or a backslash (RFC 8941, 3.3.3).
-        inner, key, escaped = text[1:-1], [], False
-        for char in inner:
-            if escaped:
-                if char not in '"\\':
-                    raise InvalidIdempotencyKey()
-                key.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                raise InvalidIdempotencyKey()
-            else:
-                key.append(char)
-        if escaped:
-            raise InvalidIdempotencyKey()
-        text = "".join(key)
+        text = _ESCAPE.sub(r"\1", string[1])
     if not _VISIBLE.match(text):
         raise InvalidIdempotencyKey()
     return text
