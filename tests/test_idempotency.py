@@ -412,3 +412,30 @@ def test_the_cli_sends_reason_note_and_key_and_says_when_an_answer_is_told_again
             {"id": order.order_id},
         ).one()
     assert tuple(row) == ("WrongModel", "old STL")
+
+
+def test_orders_show_and_audit_list_say_why_by_whom_and_what_was_replayed(
+    http: httpx.Client,
+    engine: Engine,
+    settings: Settings,
+    api_code: str,
+    make_order: OrderFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ordercancel.cli import main
+
+    order = make_order()
+    body = _by_number(order.order_number, reason="PriceOrDeliveryTime", note="found it cheaper")
+    assert _post(http, api_code, body, KEY).json()["isCanceled"] is True
+    assert _post(http, api_code, body, KEY).headers["idempotent-replayed"] == "true"
+    url = ["--database-url", settings.database_url]
+    assert main(["orders", "show", order.order_number, "--json", *url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    key_id = service.list_keys(engine, settings.environment)[0].id
+    assert shown["cancellationReason"] == "PriceOrDeliveryTime"
+    assert shown["cancellationNote"] == "found it cheaper"
+    assert shown["cancelledBy"] == {"kind": "apiKey", "id": key_id}
+    assert shown["cancelledAt"] is not None
+    assert main(["audit", "list", "--order", order.order_number, "--json", *url]) == 0
+    attempts = json.loads(capsys.readouterr().out)["attempts"]
+    assert [(a["outcome"], a["replayed"]) for a in attempts] == [(0, False), (0, True)]

@@ -154,6 +154,7 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for entry in entries:
             outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
+            outcome += " (replayed)" if entry.replayed else ""
             key = f"key {entry.key_id} {entry.key_name or '-'}"
             print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
     return 0

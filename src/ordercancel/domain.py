@@ -75,6 +75,18 @@ MAX_NOTE_LENGTH = 500
 
 
 @dataclass(frozen=True, slots=True)
+class CancelledBy:
+    """Who cancelled an order: an API key (its row id) through the API, or an operator (a name)."""
+
+    kind: str  # "apiKey" or "operator"
+    id: int | None = None
+    name: str | None = None
+
+    def fields(self) -> dict[str, object]:
+        return {"kind": self.kind, "id": self.id} if self.kind == "apiKey" else {"kind": self.kind, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
 class Order:
     order_id: str
     order_number: str
@@ -83,6 +95,9 @@ class Order:
     engineer: str | None = None
     claimed_at: datetime | None = None
     cancelled_at: datetime | None = None
+    cancellation_reason: CancellationReason | None = None
+    cancellation_note: str | None = None
+    cancelled_by: CancelledBy | None = None
 
 
 class RequestError(Exception):

@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from ordercancel.config import Environment
 from ordercancel.domain import (
     OPEN_STATUSES,
+    CancellationReason,
+    CancelledBy,
     Order,
     PaymentStatus,
     ProductionStatus,
@@ -199,6 +201,7 @@ def find_order(engine: Engine, ref: str) -> Order:
 
 def order_from_row(row: object) -> Order:
     mapping = dict(row)  # type: ignore[call-overload]
+    reason = mapping.get("cancellation_reason")
     return Order(
         order_id=mapping["order_id"],
         order_number=mapping["order_number"],
@@ -207,7 +210,18 @@ def order_from_row(row: object) -> Order:
         engineer=mapping["engineer"],
         claimed_at=as_utc(mapping["claimed_at"]),
         cancelled_at=as_utc(mapping["cancelled_at"]),
+        cancellation_reason=None if reason is None else CancellationReason(reason),
+        cancellation_note=mapping.get("cancellation_note"),
+        cancelled_by=_cancelled_by(mapping.get("cancelled_by_key"), mapping.get("cancelled_by_operator")),
     )
+
+
+def _cancelled_by(key_id: int | None, operator: str | None) -> CancelledBy | None:
+    if key_id is not None:
+        return CancelledBy("apiKey", id=key_id)
+    if operator is not None:
+        return CancelledBy("operator", name=operator)
+    return None
 
 
 def order_fields(order: Order) -> dict[str, object]:
@@ -220,6 +234,9 @@ def order_fields(order: Order) -> dict[str, object]:
         "engineer": order.engineer,
         "claimedAt": order.claimed_at.isoformat() if order.claimed_at else None,
         "cancelledAt": order.cancelled_at.isoformat() if order.cancelled_at else None,
+        "cancellationReason": order.cancellation_reason.value if order.cancellation_reason else None,
+        "cancellationNote": order.cancellation_note,
+        "cancelledBy": order.cancelled_by.fields() if order.cancelled_by else None,
     }
 
 
@@ -358,6 +375,8 @@ class AuditEntry:
     order_number: str | None
     outcome: int
     request_id: str
+    #: The answer was an earlier request's, told again for the same Idempotency-Key.
+    replayed: bool = False
 
 
 def list_attempts(
@@ -384,6 +403,7 @@ def list_attempts(
             orders.c.order_number,
             attempts.c.outcome,
             attempts.c.request_id,
+            attempts.c.replayed,
         )
         .join(api_keys, api_keys.c.id == attempts.c.api_key_id)
         .outerjoin(orders, orders.c.id == attempts.c.order_ref)
@@ -419,6 +439,7 @@ def list_attempts(
             row.order_number,
             row.outcome,
             row.request_id,
+            bool(row.replayed),
         )
         for row in reversed(rows)
     ]
@@ -435,6 +456,7 @@ def audit_fields(entry: AuditEntry) -> dict[str, object]:
         "orderNumber": entry.order_number,
         "outcome": entry.outcome,
         "requestId": entry.request_id,
+        "replayed": entry.replayed,
     }
 
 
