@@ -33,7 +33,21 @@ def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_cod
     api_code = document["components"]["parameters"]["apiCode"]
     assert (api_code["in"], api_code["required"], api_code["schema"]["format"]) == ("header", True, "uuid")
     codes = document["components"]["schemas"]["RequestError"]["properties"]["code"]["enum"]
-    assert set(codes) == set(MESSAGES)
+    assert set(codes) == set(MESSAGES) | {400, 409, 422}  # and the Idempotency-Key's own
+
+
+def test_openapi_describes_the_idempotency_key_and_the_reason_and_note(http: httpx.Client) -> None:
+    document = http.get("/openapi.json").json()
+    key = document["components"]["parameters"]["idempotencyKey"]
+    assert (key["name"], key["in"], key["required"]) == ("Idempotency-Key", "header", False)
+    for path in ("/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById"):
+        operation = document["paths"][path]["post"]
+        assert {"$ref": "#/components/parameters/idempotencyKey"} in operation["parameters"]
+        assert {"400", "409", "422"} <= set(operation["responses"])
+        assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
+    for schema in ("OrderNumberRequest", "OrderIdRequest"):
+        properties = document["components"]["schemas"][schema]["properties"]
+        assert properties["reason"]["enum"][0] == "CustomerRequest" and properties["note"]["maxLength"] == 500
 
 
 def test_the_sandbox_describes_its_test_orders_and_production_does_not(http: httpx.Client) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 from ordercancel.codecs import CODECS
 from ordercancel.config import Environment
 from ordercancel.domain import (
+    MAX_NOTE_LENGTH,
     AlreadyCancelled,
+    CancellationReason,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
     MissingOrderId,
     MissingOrderNumber,
     NotPlacedCorrectly,
@@ -35,6 +40,13 @@ _REFUSALS: list[type[RequestError]] = [
 ]
 
 
+#: The optional fields both cancel requests take (kept with the order; the answer is unchanged).
+_DETAILS: dict[str, Any] = {
+    "reason": {"type": "string", "enum": [r.value for r in CancellationReason], "description": "why you cancel"},
+    "note": {"type": "string", "maxLength": MAX_NOTE_LENGTH, "description": "printable text, kept with the order"},
+}
+
+
 def _codes_table(errors: list[type[RequestError]]) -> str:
     return "\n".join(f"- `{e.code}`: {e.message}" for e in errors)
 
@@ -51,6 +63,7 @@ def _operation(field: str, summary: str, example: str, codes: list[type[RequestE
         "parameters": [
             {"$ref": "#/components/parameters/apiCode"},
             {"$ref": "#/components/parameters/accept"},
+            {"$ref": "#/components/parameters/idempotencyKey"},
         ],
         "requestBody": {
             "required": True,
@@ -61,12 +74,36 @@ def _operation(field: str, summary: str, example: str, codes: list[type[RequestE
         "responses": {
             "200": {
                 "description": "Cancelled (`isCanceled` true), or refused with one of these codes in "
-                "`requestError`:\n" + _codes_table(codes),
+                "`requestError`:\n" + _codes_table(codes) + "\n\nWith an Idempotency-Key that was used before for "
+                "the same request, the first answer again, with `Idempotent-Replayed: true`.",
+                "headers": {
+                    "Idempotent-Replayed": {
+                        "description": "`true` when the answer is an earlier request's, told again",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "400": {
+                "description": "The Idempotency-Key header is malformed "
+                f"(code 400, `{InvalidIdempotencyKey.message}`); "
+                "nothing is recorded or changed.",
                 "content": _content("#/components/schemas/CancelOrderResponse"),
             },
             "401": {
                 "description": "The apiCode header is missing, not a GUID, unknown, revoked or from "
                 "the other environment (code 401, `Unauthorized`).",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "409": {
+                "description": f"A request with the same Idempotency-Key is being processed (code 409, "
+                f"`{IdempotencyKeyInFlight.message}`); `Retry-After: 1`.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "422": {
+                "description": f"The Idempotency-Key was used before with a different request (code 422, "
+                f"`{IdempotencyKeyReused.message}`).",
                 "content": _content("#/components/schemas/CancelOrderResponse"),
             },
             "405": {
@@ -193,6 +230,15 @@ def _document(environment: Environment) -> dict[str, Any]:
                     "description": "Your personal API code (a GUID). Sandbox and production codes differ.",
                     "schema": {"type": "string", "format": "uuid"},
                 },
+                "idempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "Makes retries safe: the first completed answer for this key (scoped to your "
+                    "API code) is kept for 24 hours and given again to a retry of the same request. 1-255 "
+                    "visible ASCII characters, bare or as a quoted structured-field string.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 257, "pattern": "^[\\x21-\\x7e]+$"},
+                },
                 "accept": {
                     "name": "Accept",
                     "in": "header",
@@ -206,20 +252,26 @@ def _document(environment: Environment) -> dict[str, Any]:
                     "type": "object",
                     "xml": {"name": "CancelOrderByNumberRequest"},
                     "required": ["orderNumber"],
-                    "properties": {"orderNumber": {"type": "string", "maxLength": 32, "example": "IMC975580"}},
+                    "properties": {
+                        "orderNumber": {"type": "string", "maxLength": 32, "example": "IMC975580"},
+                        **_DETAILS,
+                    },
                 },
                 "OrderIdRequest": {
                     "type": "object",
                     "xml": {"name": "CancelOrderByIdRequest"},
                     "required": ["orderId"],
-                    "properties": {"orderId": {"type": "string", "format": "uuid"}},
+                    "properties": {"orderId": {"type": "string", "format": "uuid"}, **_DETAILS},
                 },
                 "RequestError": {
                     "type": "object",
                     "required": ["message", "code"],
                     "properties": {
                         "message": {"type": "string"},
-                        "code": {"type": "integer", "enum": [401, 500, *(c.code for c in _REFUSALS)]},
+                        "code": {
+                            "type": "integer",
+                            "enum": [400, 401, 409, 422, 500, *(c.code for c in _REFUSALS)],
+                        },
                     },
                 },
                 "CancelOrderResponse": {
