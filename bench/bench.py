@@ -3,9 +3,12 @@
 One server process (one worker) pinned to core 0, Debian's `wrk` (1 thread, 64 connections)
 pinned to core 1. Every scenario starts from a fresh copy of a seeded database; every request
 names a different order; afterwards the database must hold exactly as many newly cancelled
-orders as there were `isCanceled: true` answers. Two anchors are measured in the same run,
+orders as there were `isCanceled: true` answers. Anchors are measured in the same run,
 because absolute figures on a shared machine drift: the same server stack answering a no-op
-route (the HTTP ceiling), and the storage work of a cancellation in a loop (the storage ceiling).
+route (the HTTP ceiling), the storage work of a cancellation in a loop (the storage ceiling),
+and the smallest server doing the same durable cancellation (bench/minimal_sqlite_app.py),
+which every SQLite scenario is given as a ratio to. `make bench-compare` (bench/compare.py)
+reuses this machinery to measure two git trees alternately.
 
     python bench/bench.py [--quick] [--database-url postgresql://...] [--seconds S]
 
