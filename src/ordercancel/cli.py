@@ -120,7 +120,8 @@ def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_orders_set_status(args: argparse.Namespace, settings: Settings) -> int:
-    _show(service.set_status(_engine(settings), args.order, args.status), args.json)
+    operator = args.operator or os.environ.get("USER") or service.DEFAULT_OPERATOR
+    _show(service.set_status(_engine(settings), args.order, args.status, operator=operator), args.json)
     return 0
 
 
@@ -148,7 +149,7 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for entry in entries:
             outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
-            key = f"key {entry.key_id} {entry.key_name or '-'}"
+            key = f"key {entry.key_id} {entry.key_name or '-'}" if entry.key_id else f"operator {entry.operator}"
             print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
     return 0
 
@@ -252,7 +253,14 @@ _LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentPa
         "set-status",
         cmd_orders_set_status,
         "move an order to another production status",
-        lambda sub: sub.add_argument("status", metavar="STATUS", help=", ".join(ProductionStatus)),
+        lambda sub: (
+            sub.add_argument("status", metavar="STATUS", help=", ".join(ProductionStatus)),
+            sub.add_argument(
+                "--operator",
+                metavar="NAME",
+                help="who cancels, for the cancellation record (default: $USER, else 'operator')",
+            ),
+        ),
     ),
     (
         "set-payment",
