@@ -57,3 +57,10 @@ crash: install
 
 soak: install
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# Issue 12: today's tree against BASE (a git ref), alternately, in one run (COMPARE_ARGS=--rounds 5 ...).
+BASE ?= main
+.PHONY: bench-compare
+bench-compare: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.compare --base $(BASE) $(COMPARE_ARGS)

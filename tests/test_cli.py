@@ -130,7 +130,7 @@ def test_orders_create_gives_the_next_imc_number_and_the_asked_state(
     ("args", "message"),
     [
         (["--status", "Paused"], "unknown status 'Paused'"),
-        (["--payment-status", "Maybe"], "unknown status 'Maybe'"),
+        (["--payment-status", "Maybe"], "unknown paymentStatus 'Maybe'"),
         (["--number", "IMC 1"], "is not 1-32 letters"),
         (["--order-id", "nope"], "is not a GUID"),
         (["--status", "Shipped", "--engineer", "Ada"], "engineer can only hold"),

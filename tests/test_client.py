@@ -257,7 +257,7 @@ def test_test_orders_are_created_in_the_state_asked_for(api: Api, deployment: De
 def test_a_bad_test_order_state_raises_bad_request_body_naming_the_field(api: Api) -> None:
     with pytest.raises(oc.BadRequestBody) as raised:
         api.call("create_test_order", status="Paid")
-    assert raised.value.message.startswith("status 'Paid' is not one of: Draft")
+    assert raised.value.message.startswith("unknown status 'Paid'; one of: Draft")
 
 
 # Retries, over real TCP ----------------------------------------------------------------------

@@ -12,7 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ordercancel import domain
-from ordercancel.codecs import _NOT_XML, CODECS, DEFAULT, JSON, XML, negotiate, outcome_fields, request_codec
+from ordercancel.codecs import (
+    _CHOSEN,
+    _CHOSEN_MOST,
+    _NOT_XML,
+    CODECS,
+    DEFAULT,
+    JSON,
+    XML,
+    negotiate,
+    outcome_fields,
+    request_codec,
+)
 from ordercancel.domain import Outcome, RequestError, WrongOrderNumber, WrongRequestBody
 
 FIELD = "orderNumber"
@@ -119,6 +130,22 @@ def test_negotiation_picks_the_highest_quality_type_the_client_named(
 @given(st.text(max_size=500))
 def test_negotiation_never_fails_on_any_header(header: str) -> None:
     assert negotiate(header).media_type in CODECS
+
+
+@PROPERTY
+@given(st.lists(st.tuples(MEDIA, Q), max_size=6))
+def test_a_remembered_negotiation_answers_what_parsing_the_header_answers(items: list[tuple[str, str | None]]) -> None:
+    header = ",".join(media if q is None else f"{media};q={q}" for media, q in items)
+    first, again = negotiate(header), negotiate(header)
+    assert first.media_type == again.media_type == _expected(items)
+
+
+def test_negotiation_remembers_a_bounded_number_of_accept_headers() -> None:
+    for i in range(_CHOSEN_MOST * 4):
+        assert negotiate(f"application/json;q=0.5, text/plain;v={i}").media_type == "application/json"
+    assert 0 < len(_CHOSEN) <= _CHOSEN_MOST
+    assert negotiate("x" * 10_000 + ",text/json").media_type == "text/json"
+    assert not any(len(header) > 1000 for header in _CHOSEN)
 
 
 @pytest.mark.parametrize("error", [e for e in RequestError.__subclasses__() if e.__module__ == domain.__name__])

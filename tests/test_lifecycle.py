@@ -133,7 +133,7 @@ def test_a_change_to_an_unknown_order_or_status_is_refused(engine: Engine, make_
         service.claim(engine, "7b0c9a62-9a55-4d6b-8c53-d0c8c1d2c3e4", "Ada")
     with pytest.raises(service.InvalidValue, match="unknown status 'Lost'"):
         service.set_status(engine, order.order_number, "Lost")
-    with pytest.raises(service.InvalidValue, match="unknown status 'PaymentMaybe'"):
+    with pytest.raises(service.InvalidValue, match="unknown paymentStatus 'PaymentMaybe'"):
         service.set_payment(engine, order.order_number, "PaymentMaybe")
 
 

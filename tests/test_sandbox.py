@@ -119,8 +119,8 @@ def test_a_test_order_belongs_to_the_api_code_that_created_it(
 @pytest.mark.parametrize(
     ("sent", "message"),
     [
-        ((b'{"status": "Paid"}', JSON_TYPE), "status 'Paid' is not one of: Draft, Ordered, Processing"),
-        ((b'{"paymentStatus": "ok"}', JSON_TYPE), "paymentStatus 'ok' is not one of: PaymentPending"),
+        ((b'{"status": "Paid"}', JSON_TYPE), "unknown status 'Paid'; one of: Draft, Ordered, Processing"),
+        ((b'{"paymentStatus": "ok"}', JSON_TYPE), "unknown paymentStatus 'ok'; one of: PaymentPending"),
         (
             (b'{"status": "Shipped", "engineer": "Ada"}', JSON_TYPE),
             "an engineer can only hold an order that is Ordered or Processing",

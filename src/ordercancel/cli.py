@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from ordercancel import cancel_command
 from ordercancel.config import ConfigError, Settings
-from ordercancel.domain import Order, PaymentStatus, ProductionStatus
+from ordercancel.domain import CancellationReason, Order, PaymentStatus, ProductionStatus
 from ordercancel.http.observability import logging_config
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
 from ordercancel.storage import database, service
@@ -126,7 +126,11 @@ def cmd_orders_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_orders_set_status(args: argparse.Namespace, settings: Settings) -> int:
-    _show(service.set_status(_engine(settings), args.order, args.status), args.json)
+    operator = args.operator or os.environ.get("USER") or service.DEFAULT_OPERATOR
+    order = service.set_status(
+        _engine(settings), args.order, args.status, operator=operator, reason=args.reason, note=args.note
+    )
+    _show(order, args.json)
     return 0
 
 
@@ -155,7 +159,7 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
         for entry in entries:
             outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
             outcome += " (replayed)" if entry.replayed else ""
-            key = f"key {entry.key_id} {entry.key_name or '-'}"
+            key = f"key {entry.key_id} {entry.key_name or '-'}" if entry.key_id else f"operator {entry.operator}"
             print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
     return 0
 
@@ -259,7 +263,16 @@ _LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentPa
         "set-status",
         cmd_orders_set_status,
         "move an order to another production status",
-        lambda sub: sub.add_argument("status", metavar="STATUS", help=", ".join(ProductionStatus)),
+        lambda sub: (
+            sub.add_argument("status", metavar="STATUS", help=", ".join(ProductionStatus)),
+            sub.add_argument(
+                "--operator",
+                metavar="NAME",
+                help="who cancels, for the cancellation record (default: $USER, else 'operator')",
+            ),
+            sub.add_argument("--reason", choices=list(CancellationReason), help="why it is cancelled (Cancelled only)"),
+            sub.add_argument("--note", help="a note kept with the cancellation (Cancelled only)"),
+        ),
     ),
     (
         "set-payment",

@@ -208,10 +208,27 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
+#: Accept headers already negotiated. Clients send one or two distinct headers each, so most
+#: requests skip the parse; the bounds keep a client that varies its header from growing it.
+_CHOSEN: dict[str, Negotiated] = {}
+_CHOSEN_MOST, _CHOSEN_LONGEST = 256, 256
+
+
 def negotiate(accept: str | None) -> Negotiated:
     """Pick the response format for an Accept header: highest q wins, earliest on a tie."""
     if not accept:
         return DEFAULT
+    chosen = _CHOSEN.get(accept)
+    if chosen is None:
+        chosen = _negotiate(accept)
+        if len(accept) <= _CHOSEN_LONGEST:
+            if len(_CHOSEN) >= _CHOSEN_MOST:
+                _CHOSEN.clear()
+            _CHOSEN[accept] = chosen
+    return chosen
+
+
+def _negotiate(accept: str) -> Negotiated:
     best: Negotiated | None = None
     best_q = 0.0
     for item in accept.split(",")[:32]:
@@ -236,7 +253,8 @@ def request_codec(content_type: str | None, body: bytes) -> Codec:
         if first == b"<":
             return XML
         raise WrongRequestBody()
-    codec = CODECS.get(content_type.split(";", 1)[0].strip().lower())
+    # The exact header first ("application/json" as most clients send it): no split, no copies.
+    codec = CODECS.get(content_type) or CODECS.get(content_type.split(";", 1)[0].strip().lower())
     if codec is None:
         raise WrongRequestBody()
     return codec

@@ -210,17 +210,147 @@ def cancellation_details(reason: str | None, note: str | None) -> tuple[Cancella
     return chosen, note or None
 
 
-def cancellation_refusal(order: Order) -> RequestError | None:
-    """Say why the order cannot be cancelled, in the documented precedence, or None if it can."""
-    if order.status is ProductionStatus.CANCELLED:
-        return AlreadyCancelled()
-    if order.status is ProductionStatus.DRAFT or order.payment_status is PaymentStatus.NOK:
-        return NotPlacedCorrectly()
-    if order.status not in OPEN_STATUSES:
-        return ProductionStarted()
-    if order.engineer is not None:
-        return ProcessingStarted()
-    return None
+# Who may cancel what --------------------------------------------------------------------------
+#
+# The one statement of the rule. The hot path's conditional UPDATE (storage/steps.py) and the
+# operator's cancellation (storage/service.py) are built from these fields, and a test runs
+# that SQL over every status, payment status and engineer and compares it with `allows`.
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationRule:
+    """When an order may be cancelled: an open status, a payment not refused, and no engineer's claim."""
+
+    #: The statuses a cancellation may leave.
+    statuses: frozenset[ProductionStatus]
+    #: The payment statuses that refuse a cancellation (code 506).
+    refused_payments: frozenset[PaymentStatus]
+
+    def allows(self, order: Order) -> bool:
+        """Tell whether the order may be cancelled under this rule (an engineer's claim always wins)."""
+        return (
+            order.status in self.statuses
+            and order.payment_status not in self.refused_payments
+            and order.engineer is None
+        )
+
+    def refusal(self, order: Order) -> RequestError | None:
+        """Say why the order cannot be cancelled, in the documented precedence, or None if it can."""
+        if order.status is ProductionStatus.CANCELLED:
+            return AlreadyCancelled()
+        if order.status is ProductionStatus.DRAFT or order.payment_status in self.refused_payments:
+            return NotPlacedCorrectly()
+        if order.status not in self.statuses:
+            return ProductionStarted()
+        if order.engineer is not None:
+            return ProcessingStarted()
+        return None
+
+
+#: An integrator's request through the API: an order whose payment failed was not placed correctly
+#: (506, "contact us"), so the integrator cannot cancel it alone.
+CUSTOMER_CANCELLATION = CancellationRule(OPEN_STATUSES, frozenset({PaymentStatus.NOK}))
+#: An operator's change (`orders set-status X Cancelled`, the admin API): the "us" of that 506, who
+#: settles the contact, so a failed payment does not stop them. The open status and the engineer's
+#: claim bind an operator as they bind a customer: a claim is released first, explicitly.
+OPERATOR_CANCELLATION = CancellationRule(OPEN_STATUSES, frozenset())
+
+
+def cancellation_refusal(order: Order, rule: CancellationRule = CUSTOMER_CANCELLATION) -> RequestError | None:
+    """Say why the order cannot be cancelled under the rule (a customer's by default), or None if it can."""
+    return rule.refusal(order)
+
+
+# The fields of an order -----------------------------------------------------------------------
+#
+# One validation for every way an order is made: `orders create`, `orders import`, the admin
+# API and the sandbox's test orders. Each entrance reads its own format, then calls `new_order`.
+
+#: Longest engineer's name kept.
+MAX_ENGINEER_NAME = 100
+
+
+class InvalidOrderField(ValueError):
+    """A field of an order has a value no order can have; the message names the field and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """The checked fields of an order about to be made; a number or ID left None is given by the service."""
+
+    order_number: str | None
+    order_id: str | None
+    status: ProductionStatus
+    payment_status: PaymentStatus
+    engineer: str | None
+
+
+def may_hold_engineer(status: ProductionStatus) -> bool:
+    """Tell whether an order in this status may be claimed by an engineer: only an open one."""
+    return status in OPEN_STATUSES
+
+
+def _person(text: str, role: str) -> str:
+    name = text.strip()
+    if not name or len(name) > MAX_ENGINEER_NAME or not name.isprintable():
+        raise InvalidOrderField(f"an {role}'s name is 1-{MAX_ENGINEER_NAME} printable characters")
+    return name
+
+
+def engineer_name(text: str) -> str:
+    """Return an engineer's name trimmed, or refuse one that is empty, too long or unprintable."""
+    return _person(text, "engineer")
+
+
+def operator_name(text: str) -> str:
+    """Return an operator's name trimmed, or refuse it as an engineer's name would be refused."""
+    return _person(text, "operator")
+
+
+def parse_status(text: str) -> ProductionStatus:
+    """Read a production status by its name, or refuse it listing the names."""
+    try:
+        return ProductionStatus(text.strip())
+    except ValueError:
+        raise InvalidOrderField(f"unknown status {text!r}; one of: {', '.join(ProductionStatus)}") from None
+
+
+def parse_payment(text: str) -> PaymentStatus:
+    """Read a payment status by its name, or refuse it listing the names."""
+    try:
+        return PaymentStatus(text.strip())
+    except ValueError:
+        raise InvalidOrderField(f"unknown paymentStatus {text!r}; one of: {', '.join(PaymentStatus)}") from None
+
+
+def _given(text: str | None) -> str | None:
+    """Absent, and blank, both mean "not given"."""
+    return (text or "").strip() or None
+
+
+def new_order(
+    *,
+    order_number: str | None = None,
+    order_id: str | None = None,
+    status: str | None = None,
+    payment_status: str | None = None,
+    engineer: str | None = None,
+) -> NewOrder:
+    """Check an order's fields (defaults: Ordered, PaymentOK, no engineer); raise InvalidOrderField why not."""
+    number, given_id, name = _given(order_number), _given(order_id), _given(engineer)
+    if number is not None and not is_order_number(number):
+        raise InvalidOrderField(f"orderNumber {number!r} is not 1-32 letters, digits and dashes")
+    canonical_id = None if given_id is None else parse_guid(given_id)
+    if given_id is not None and canonical_id is None:
+        raise InvalidOrderField(f"orderId {given_id!r} is not a GUID")
+    production = ProductionStatus.ORDERED if _given(status) is None else parse_status(status or "")
+    payment = PaymentStatus.OK if _given(payment_status) is None else parse_payment(payment_status or "")
+    if name is not None:
+        name = engineer_name(name)
+        if not may_hold_engineer(production):
+            held = " or ".join(sorted(OPEN_STATUSES))
+            raise InvalidOrderField(f"an engineer can only hold an order that is {held}")
+    return NewOrder(number, canonical_id, production, payment, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import Engine
 
 from ordercancel.config import Settings
-from ordercancel.domain import Order, PaymentStatus, ProductionStatus
+from ordercancel.domain import Order, ProductionStatus
 from ordercancel.http.core import Handler, Request, Response, Route
 from ordercancel.storage import service
 from ordercancel.storage.database import create_sync_engine
@@ -44,7 +44,8 @@ ERROR_STATUS: dict[type[service.AdminError], int] = {
 }
 
 Fields = dict[str, str | None]
-UseCase = Callable[[Engine, str, Fields], Order]
+#: A use case: (engine, the order the path names, the body's fields, the request's X-Request-ID).
+UseCase = Callable[[Engine, str, Fields, str], Order]
 
 
 def _json(status: int, value: object, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -90,23 +91,31 @@ def _required(fields: Fields, name: str) -> str:
     return value
 
 
-def _show(engine: Engine, ref: str, _fields: Fields) -> Order:
+def _show(engine: Engine, ref: str, _fields: Fields, _request_id: str) -> Order:
     return service.find_order(engine, ref)
 
 
-def _set_status(engine: Engine, ref: str, fields: Fields) -> Order:
-    return service.set_status(engine, ref, _required(fields, "status"))
+_STATUS_FIELDS = ("status", "operator", "reason", "note")
 
 
-def _set_payment(engine: Engine, ref: str, fields: Fields) -> Order:
+def _set_status(engine: Engine, ref: str, fields: Fields, request_id: str) -> Order:
+    status = _required(fields, "status")
+    # Whoever cancels says who they are: the token is shared, the cancellation record is not.
+    cancelling = status.strip() == ProductionStatus.CANCELLED.value
+    operator = _required(fields, "operator") if cancelling else service.DEFAULT_OPERATOR
+    reason, note = fields.get("reason"), fields.get("note")
+    return service.set_status(engine, ref, status, operator=operator, request_id=request_id, reason=reason, note=note)
+
+
+def _set_payment(engine: Engine, ref: str, fields: Fields, _request_id: str) -> Order:
     return service.set_payment(engine, ref, _required(fields, "paymentStatus"))
 
 
-def _claim(engine: Engine, ref: str, fields: Fields) -> Order:
+def _claim(engine: Engine, ref: str, fields: Fields, _request_id: str) -> Order:
     return service.claim(engine, ref, _required(fields, "engineer"))
 
 
-def _release(engine: Engine, ref: str, _fields: Fields) -> Order:
+def _release(engine: Engine, ref: str, _fields: Fields, _request_id: str) -> Order:
     return service.release(engine, ref)
 
 
@@ -128,19 +137,20 @@ class AdminApi:
         return [
             Route(ORDERS_PATH, {"POST": self._endpoint(self._create, _CREATE_FIELDS, created=True)}),
             Route(ORDER_PATH, {"GET": self._endpoint(_show, ())}),
-            Route(ORDER_PATH + "/status", {"POST": self._endpoint(_set_status, ("status",))}),
+            Route(ORDER_PATH + "/status", {"POST": self._endpoint(_set_status, _STATUS_FIELDS)}),
             Route(ORDER_PATH + "/payment", {"POST": self._endpoint(_set_payment, ("paymentStatus",))}),
             Route(ORDER_PATH + "/claim", {"POST": self._endpoint(_claim, ("engineer",))}),
             Route(ORDER_PATH + "/release", {"POST": self._endpoint(_release, ())}),
         ]
 
-    def _create(self, engine: Engine, _ref: str, fields: Fields) -> Order:
+    def _create(self, engine: Engine, _ref: str, fields: Fields, _request_id: str) -> Order:
+        # The fields are checked by the domain's one validation of an order, in the service.
         return service.create_order(
             engine,
             self._settings.environment,
             _required(fields, "apiCode"),
-            status=fields["status"] or ProductionStatus.ORDERED.value,
-            payment_status=fields["paymentStatus"] or PaymentStatus.OK.value,
+            status=fields["status"],
+            payment_status=fields["paymentStatus"],
             engineer=fields["engineer"],
             number=fields["orderNumber"],
             order_id=fields["orderId"],
@@ -157,7 +167,7 @@ class AdminApi:
             ref = request.path_params.get("orderId", "")
             try:
                 fields = _fields(await request.body(), allowed)
-                order = await asyncio.to_thread(use_case, self._engine, ref, fields)
+                order = await asyncio.to_thread(use_case, self._engine, ref, fields, request.request_id)
             except service.AdminError as error:
                 return _refusal(_status_of(error), str(error))
             return _json(201 if created else 200, service.order_fields(order))

@@ -7,6 +7,7 @@ from typing import Any
 from ordercancel.codecs import CODECS
 from ordercancel.config import Environment
 from ordercancel.domain import (
+    MAX_ENGINEER_NAME,
     MAX_NOTE_LENGTH,
     AlreadyCancelled,
     CancellationReason,
@@ -25,6 +26,7 @@ from ordercancel.domain import (
     WrongOrderId,
     WrongOrderNumber,
     WrongRequestBody,
+    may_hold_engineer,
 )
 
 _REFUSALS: list[type[RequestError]] = [
@@ -144,7 +146,8 @@ def _test_orders_operation() -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The order created for the caller's API code, or `requestError` code 501 "
-                "naming the field that could not be used (nothing is created then).",
+                "naming the field that could not be used, or the fields it does not know (nothing is "
+                "created then).",
                 "content": _content("#/components/schemas/CreateTestOrderResponse"),
             },
             "401": {
@@ -155,18 +158,22 @@ def _test_orders_operation() -> dict[str, Any]:
     }
 
 
+_HELD = " or ".join(sorted(s.value for s in ProductionStatus if may_hold_engineer(s)))
 _TEST_ORDER_SCHEMAS: dict[str, Any] = {
     "TestOrderRequest": {
         "type": "object",
         "xml": {"name": "CreateTestOrderRequest"},
+        # A misspelt field would otherwise make an order in a state nobody asked for.
+        "additionalProperties": False,
+        "description": "Any other field is refused with code 501 naming it.",
         "properties": {
             "status": {"type": "string", "enum": [s.value for s in ProductionStatus], "default": "Ordered"},
             "paymentStatus": {"type": "string", "enum": [s.value for s in PaymentStatus], "default": "PaymentOK"},
             "engineer": {
                 "type": "string",
-                "maxLength": 100,
-                "description": "claims the order (509): 1-100 printable characters, and only with status "
-                "Ordered or Processing; anything else is code 501",
+                "maxLength": MAX_ENGINEER_NAME,
+                "description": f"claims the order (509): 1-{MAX_ENGINEER_NAME} printable characters, and only "
+                f"with status {_HELD}; anything else is code 501",
             },
         },
     },

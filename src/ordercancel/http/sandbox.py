@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from ordercancel.codecs import Negotiated, error_fields, negotiate, request_codec
 from ordercancel.config import Settings
 from ordercancel.domain import (
+    InvalidOrderField,
     Order,
     PaymentStatus,
     ProductionStatus,
@@ -23,6 +24,7 @@ from ordercancel.domain import (
     Unauthorized,
     WrongRequestBody,
     hash_api_code,
+    new_order,
     parse_guid,
 )
 from ordercancel.http.core import Request, Response
@@ -43,17 +45,8 @@ class InvalidTestOrder(RequestError):
         Exception.__init__(self, message)
 
 
-#: The fields that name a status: (keyword of service.create_order, field, the values allowed).
-_CHOICES = [
-    ("status", "status", [s.value for s in ProductionStatus]),
-    ("payment_status", "paymentStatus", [s.value for s in PaymentStatus]),
-]
-
-
-def _optional(fields: Mapping[str, str | None], name: str) -> str | None:
-    """Return a field's trimmed value; absent, null and blank all mean "use the default"."""
-    value = fields.get(name)
-    return (value or "").strip() or None
+#: The fields a test order request may carry; anything else is refused, so a misspelt one is not ignored.
+FIELDS = ("status", "paymentStatus", "engineer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +61,24 @@ class TestOrderRequest:
 
 
 def test_order_request(content_type: str | None, body: bytes) -> TestOrderRequest:
-    """Read the optional fields of a test order request; an empty body asks for every default."""
+    """Read the optional fields of a test order request; an empty body asks for every default.
+
+    The fields are checked by the domain's one validation of an order, before anything is written.
+    """
     if not body.strip():
         return TestOrderRequest()
     fields = request_codec(content_type, body).fields(body)
-    chosen = {
-        "status": _optional(fields, "status"),
-        "payment_status": _optional(fields, "paymentStatus"),
-        "engineer": _optional(fields, "engineer"),
-    }
-    for name, field, allowed in _CHOICES:
-        value = chosen[name]
-        if value is not None and value not in allowed:
-            raise InvalidTestOrder(f"{field} {value!r} is not one of: {', '.join(allowed)}")
-    return replace(TestOrderRequest(), **{name: value for name, value in chosen.items() if value is not None})
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        named = ", ".join(repr(name) for name in unknown)
+        raise InvalidTestOrder(f"unknown field(s) {named}; the fields are {', '.join(FIELDS)}")
+    try:
+        checked = new_order(
+            status=fields.get("status"), payment_status=fields.get("paymentStatus"), engineer=fields.get("engineer")
+        )
+    except InvalidOrderField as error:
+        raise InvalidTestOrder(str(error)) from None
+    return TestOrderRequest(checked.status.value, checked.payment_status.value, checked.engineer)
 
 
 def order_response_fields(order: Order) -> dict[str, object]:

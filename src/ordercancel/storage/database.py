@@ -99,4 +99,5 @@ def as_utc(value: datetime | str | None) -> datetime | None:
 
 def sqlite_timestamp(value: datetime) -> str:
     """Format a timestamp the way SQLAlchemy stores DateTime in SQLite (naive UTC)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # isoformat, not strftime("%Y-%m-%d %H:%M:%S.%f"): the same text at about half the cost, once a cancellation.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")

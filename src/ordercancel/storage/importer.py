@@ -26,10 +26,10 @@ import psycopg
 from sqlalchemy import Connection, Engine, select
 
 from ordercancel.config import Environment
-from ordercancel.domain import OPEN_STATUSES, PaymentStatus, ProductionStatus, is_order_number, parse_guid
+from ordercancel.domain import new_order
 from ordercancel.storage.database import sqlite_timestamp, utcnow
 from ordercancel.storage.schema import orders
-from ordercancel.storage.service import AdminError, _key_id  # the lookup `orders create` uses
+from ordercancel.storage.service import AdminError, active_key_id  # the lookup `orders create` uses
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
@@ -43,9 +43,6 @@ IMPORT_CACHE_KIB = 128 * 1024
 #: Bad rows reported before the rest of the file is no longer read.
 MAX_ERRORS = 20
 
-_STATUSES = {status.value: status for status in ProductionStatus}
-_PAYMENTS = {payment.value: payment for payment in PaymentStatus}
-_OPEN = frozenset(status.value for status in OPEN_STATUSES)
 _INSERT_COLUMNS = (
     "order_id",
     "order_number",
@@ -104,7 +101,7 @@ def _text(record: dict[str, Any], name: str) -> str | None:
 
 
 def validate(line: int, record: dict[str, Any], uuidgen: UuidGen) -> Row:
-    """Check one record against the rules `orders create` applies; raise ValueError saying why not."""
+    """Check one record with the validation `orders create` uses; raise ValueError saying why not."""
     unknown = record.keys() - COLUMNS
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; the fields are {', '.join(COLUMNS)}")
@@ -112,19 +109,11 @@ def validate(line: int, record: dict[str, Any], uuidgen: UuidGen) -> Row:
     for name, value in zip(COLUMNS, (number, given_id, status, payment, engineer), strict=True):
         if value is None and name in REQUIRED:
             raise ValueError(f"{name} is missing")
-    assert number is not None and status is not None and payment is not None
-    if not is_order_number(number):
-        raise ValueError(f"orderNumber {number!r} is not 1-32 letters, digits and dashes")
-    order_id = str(uuidgen()) if given_id is None else parse_guid(given_id)
-    if order_id is None:
-        raise ValueError(f"orderId {given_id!r} is not a GUID")
-    if status not in _STATUSES:
-        raise ValueError(f"unknown status {status!r}; one of: {', '.join(_STATUSES)}")
-    if payment not in _PAYMENTS:
-        raise ValueError(f"unknown paymentStatus {payment!r}; one of: {', '.join(_PAYMENTS)}")
-    if engineer is not None and status not in _OPEN:
-        raise ValueError("an engineer can only hold an order that is Ordered or Processing")
-    return Row(line, number, order_id, status, payment, engineer)
+    # The domain's InvalidOrderField is a ValueError: it is reported with the line like the rest.
+    fields = new_order(order_number=number, order_id=given_id, status=status, payment_status=payment, engineer=engineer)
+    assert fields.order_number is not None  # required above
+    order_id = fields.order_id or str(uuidgen())
+    return Row(line, fields.order_number, order_id, fields.status.value, fields.payment_status.value, fields.engineer)
 
 
 def read_records(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
@@ -149,7 +138,11 @@ def _jsonl_records(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | Valu
 
 def _csv_records(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
     reader = csv.reader(stream)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        yield 1, _unreadable(error)
+        return
     if header is None:
         return
     names = [name.strip() for name in header]
@@ -158,7 +151,15 @@ def _csv_records(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | ValueE
         yield 1, ValueError(f"the header must name some of {', '.join(COLUMNS)} once each, not {', '.join(names)}")
         return
     start = reader.line_num
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader, None)
+        except csv.Error as error:
+            # The reader cannot say where the broken row ends: nothing after it can be trusted.
+            yield start + 1, _unreadable(error)
+            return
+        if cells is None:
+            return
         line, start = start + 1, reader.line_num
         if not cells or not any(cell.strip() for cell in cells):
             continue
@@ -166,6 +167,14 @@ def _csv_records(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | ValueE
             yield line, ValueError(f"{len(cells)} cells, the header names {len(names)}")
             continue
         yield line, {name: cell or None for name, cell in zip(names, cells, strict=True)}
+
+
+def _unreadable(error: csv.Error) -> ValueError:
+    """Say why the CSV reader stopped, in the words of one who wrote the file."""
+    reason = str(error)
+    if "field larger than field limit" in reason:
+        reason = f"a field is longer than {csv.field_size_limit() // 1024} KiB"
+    return ValueError(f"not CSV: {reason}")
 
 
 def file_kind(path: Path, first_byte: bytes) -> str:
@@ -301,7 +310,7 @@ def import_orders(
     size = path.stat().st_size
     with engine.connect() as connection:
         # The key lookup opens the transaction the whole file is written in.
-        writer = _Writer(connection, _key_id(connection, environment, api_code), clock())
+        writer = _Writer(connection, active_key_id(connection, environment, api_code), clock())
         with _records(path) as (records, position):
             chunk: list[Row] = []
             try:

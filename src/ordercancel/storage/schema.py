@@ -62,20 +62,23 @@ orders = Table(
     _one_of("payment_status", PaymentStatus),
 )
 
-# Append-only: one row per authenticated cancellation attempt, whatever its outcome.
+# Append-only: one row per authenticated cancellation attempt, whatever its outcome, and one per
+# operator's cancellation. Each row is either an API key's or an operator's, never both or neither.
 cancellation_attempts = Table(
     "cancellation_attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id")),
     Column("order_ref", Integer, ForeignKey("orders.id")),
     Column("outcome", Integer, nullable=False),
     Column("request_id", String(128), nullable=False),
+    Column("operator", Text),
     # The answer was an earlier request's, told again for the same Idempotency-Key.
     Column("replayed", Boolean, nullable=False, server_default=false()),
     Index("ix_cancellation_attempts_order_ref", "order_ref"),
     Index("ix_cancellation_attempts_api_key_id", "api_key_id"),
+    CheckConstraint("(api_key_id IS NULL) <> (operator IS NULL)", name="ck_cancellation_attempts_key_or_operator"),
 )
 
 # The first completed answer to each Idempotency-Key of each API key, kept until it expires.

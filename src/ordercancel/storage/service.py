@@ -8,30 +8,38 @@ cancellations running on other connections.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, TextClause, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from ordercancel import domain
 from ordercancel.config import Environment
 from ordercancel.domain import (
     OPEN_STATUSES,
+    OPERATOR_CANCELLATION,
+    AlreadyCancelled,
     CancellationReason,
     CancelledBy,
+    InvalidOrderField,
     Order,
     PaymentStatus,
+    ProcessingStarted,
     ProductionStatus,
     generated_order_number,
     hash_api_code,
-    is_order_number,
+    new_order,
     parse_guid,
     payments_before,
     statuses_before,
 )
 from ordercancel.storage.database import as_utc, utcnow
 from ordercancel.storage.schema import api_keys, cancellation_attempts, idempotency_keys, orders
+from ordercancel.storage.steps import cancellable_condition
 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
@@ -59,6 +67,15 @@ class OrderExists(InvalidValue):
 
 class TransitionRefused(AdminError):
     """The order is not in a state the change may start from; nothing was changed."""
+
+
+@contextmanager
+def _checked() -> Iterator[None]:
+    """Turn the domain's refusal of a field into the admin use cases' own."""
+    try:
+        yield
+    except InvalidOrderField as error:
+        raise InvalidValue(str(error)) from None
 
 
 def canonical_api_code(text: str) -> str:
@@ -90,7 +107,7 @@ def create_key(
     return code
 
 
-def _key_id(connection: Connection, environment: Environment, api_code: str) -> int:
+def active_key_id(connection: Connection, environment: Environment, api_code: str) -> int:
     key_id: int | None = connection.scalar(
         select(api_keys.c.id).where(
             api_keys.c.code_hash == hash_api_code(canonical_api_code(api_code)),
@@ -106,7 +123,7 @@ def _key_id(connection: Connection, environment: Environment, api_code: str) -> 
 def revoke_key(engine: Engine, environment: Environment, api_code: str, *, clock: Clock = utcnow) -> None:
     """Revoke an API code: from now on it is answered 401."""
     with engine.begin() as connection:
-        key_id = _key_id(connection, environment, api_code)
+        key_id = active_key_id(connection, environment, api_code)
         connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=clock()))
 
 
@@ -123,46 +140,36 @@ def list_keys(engine: Engine, environment: Environment) -> list[ApiKey]:
         ]
 
 
-def _parse(kind: type[ProductionStatus] | type[PaymentStatus], text: str) -> str:
-    try:
-        return kind(text).value
-    except ValueError:
-        allowed = ", ".join(member.value for member in kind)
-        raise InvalidValue(f"unknown status {text!r}; one of: {allowed}") from None
-
-
 def create_order(
     engine: Engine,
     environment: Environment,
     api_code: str,
     *,
-    status: str = ProductionStatus.ORDERED.value,
-    payment_status: str = PaymentStatus.OK.value,
+    status: str | None = None,
+    payment_status: str | None = None,
     engineer: str | None = None,
     number: str | None = None,
     order_id: str | None = None,
     clock: Clock = utcnow,
     uuidgen: UuidGen = uuid.uuid4,
 ) -> Order:
-    """Create an order for an API code; without a number, the next free IMCnnnnnn is given."""
-    engineer = engineer_name(engineer) if engineer else None
+    """Create an order for an API code (Ordered, PaymentOK by default); the next free IMCnnnnnn if unnumbered."""
+    with _checked():
+        fields = new_order(
+            order_number=number, order_id=order_id, status=status, payment_status=payment_status, engineer=engineer
+        )
+    number = fields.order_number
     values: dict[str, object] = {
-        "status": _parse(ProductionStatus, status),
-        "payment_status": _parse(PaymentStatus, payment_status),
-        "engineer": engineer,
+        "status": fields.status.value,
+        "payment_status": fields.payment_status.value,
+        "engineer": fields.engineer,
         "created_at": clock(),
     }
-    if engineer and values["status"] not in (ProductionStatus.ORDERED, ProductionStatus.PROCESSING):
-        raise InvalidValue("an engineer can only hold an order that is Ordered or Processing")
-    if engineer:
+    if fields.engineer:
         values["claimed_at"] = values["created_at"]
-    if number is not None and not is_order_number(number):
-        raise InvalidValue(f"order number {number!r} is not 1-32 letters, digits and dashes")
-    canonical_id = str(uuidgen()) if order_id is None else parse_guid(order_id.strip())
-    if canonical_id is None:
-        raise InvalidValue(f"order ID {order_id!r} is not a GUID")
+    canonical_id = fields.order_id or str(uuidgen())
     with engine.begin() as connection:
-        values["api_key_id"] = _key_id(connection, environment, api_code)
+        values["api_key_id"] = active_key_id(connection, environment, api_code)
     values["order_id"] = canonical_id
     for _ in range(100):
         try:
@@ -249,12 +256,20 @@ def order_fields(order: Order) -> dict[str, object]:
 
 #: Say why a change was refused, or None when the order as read now would allow it.
 Explain = Callable[[Order], str | None]
+#: What else a change writes, in its transaction, once the order's row has changed.
+Record = Callable[[Connection, Row[Any]], None]
 #: How often a change is tried again when the order changed between the UPDATE and the read.
 RETRIES = 3
 
 
 def _transition(
-    engine: Engine, ref: str, allowed: ColumnElement[bool], values: dict[str, object], explain: Explain
+    engine: Engine,
+    ref: str,
+    allowed: ColumnElement[bool] | TextClause,
+    values: dict[str, object],
+    explain: Explain,
+    *,
+    record: Record | None = None,
 ) -> Order:
     ref = ref.strip()
     named = _named(ref)
@@ -263,6 +278,8 @@ def _transition(
         with engine.begin() as connection:
             row = connection.execute(update(orders).where(named, allowed).values(**values).returning(*orders.c)).first()
             if row is not None:
+                if record is not None:
+                    record(connection, row)
                 return order_from_row(row._mapping)
             current = connection.execute(select(orders).where(named)).first()
         if current is None:
@@ -284,34 +301,96 @@ def next_statuses(status: ProductionStatus) -> frozenset[ProductionStatus]:
     return frozenset(target for target in ProductionStatus if status in statuses_before(target))
 
 
-def set_status(engine: Engine, ref: str, status: str, *, clock: Clock = utcnow) -> Order:
-    """Move an order to another production status, if the lifecycle allows it from where it is."""
-    target = ProductionStatus(_parse(ProductionStatus, status))
-    allowed: ColumnElement[bool] = orders.c.status.in_([s.value for s in statuses_before(target)])
-    values: dict[str, object] = {"status": target.value}
+#: The operator an operator's cancellation is recorded under when no name is given.
+DEFAULT_OPERATOR = "operator"
+
+
+def set_status(
+    engine: Engine,
+    ref: str,
+    status: str,
+    *,
+    operator: str = DEFAULT_OPERATOR,
+    request_id: str | None = None,
+    reason: str | None = None,
+    note: str | None = None,
+    clock: Clock = utcnow,
+) -> Order:
+    """Move an order to another production status, if the lifecycle allows it from where it is.
+
+    Cancelled follows the domain's rule for operators, keeps the reason and note given and the
+    operator's name with the order, and is recorded in the cancellation record under that name,
+    in the same transaction as the change.
+    """
+    with _checked():
+        target = domain.parse_status(status)
+        name = domain.operator_name(operator)
     if target is ProductionStatus.CANCELLED:
-        # The same rule a cancellation request obeys: an engineer's claim wins over it.
-        allowed = allowed & orders.c.engineer.is_(None)
-        values["cancelled_at"] = clock()
+        details = _details(reason, note)
+        return _cancel_as_operator(engine, ref, name, request_id or uuid.uuid4().hex, clock(), details=details)
+    if reason is not None or note is not None:
+        raise InvalidValue(f"a reason and a note go with status {ProductionStatus.CANCELLED.value} only")
+    allowed = orders.c.status.in_([s.value for s in statuses_before(target)])
 
     def explain(order: Order) -> str | None:
         if order.status is target:
             return f"order {order.order_number} is {target.value} already"
         if order.status in statuses_before(target):
-            if target is ProductionStatus.CANCELLED and order.engineer is not None:
-                return f"order {order.order_number} is claimed by {order.engineer}: release it first"
             return None
-        return (
-            f"order {order.order_number} cannot move from {order.status.value} to {target.value}; "
-            f"it may move to {_listed(next_statuses(order.status))}"
+        return _cannot_move(order, target)
+
+    return _transition(engine, ref, allowed, {"status": target.value}, explain)
+
+
+def _cannot_move(order: Order, target: ProductionStatus) -> str:
+    return (
+        f"order {order.order_number} cannot move from {order.status.value} to {target.value}; "
+        f"it may move to {_listed(next_statuses(order.status))}"
+    )
+
+
+def _details(reason: str | None, note: str | None) -> dict[str, object]:
+    try:
+        chosen, kept = domain.cancellation_details(reason, note)
+    except domain.WrongRequestBody:
+        raise InvalidValue(
+            f"a reason is one of {', '.join(CancellationReason)}; a note is at most "
+            f"{domain.MAX_NOTE_LENGTH} printable characters"
+        ) from None
+    return {"cancellation_reason": None if chosen is None else chosen.value, "cancellation_note": kept}
+
+
+def _cancel_as_operator(
+    engine: Engine, ref: str, operator: str, request_id: str, now: datetime, *, details: dict[str, object]
+) -> Order:
+    """Cancel an order as an operator may (the domain's rule, as SQL), and record it with the change."""
+    allowed = text(cancellable_condition(OPERATOR_CANCELLATION))
+
+    def explain(order: Order) -> str | None:
+        refusal = OPERATOR_CANCELLATION.refusal(order)
+        if refusal is None:
+            return None
+        if isinstance(refusal, AlreadyCancelled):
+            return f"order {order.order_number} is {ProductionStatus.CANCELLED.value} already"
+        if isinstance(refusal, ProcessingStarted):
+            return f"order {order.order_number} is claimed by {order.engineer}: release it first"
+        return _cannot_move(order, ProductionStatus.CANCELLED)
+
+    def record(connection: Connection, row: Row[Any]) -> None:
+        connection.execute(
+            insert(cancellation_attempts).values(
+                at=now, api_key_id=None, operator=operator, order_ref=row.id, outcome=0, request_id=request_id
+            )
         )
 
-    return _transition(engine, ref, allowed, values, explain)
+    values = {"status": ProductionStatus.CANCELLED.value, "cancelled_at": now, "cancelled_by_operator": operator}
+    return _transition(engine, ref, allowed, values | details, explain, record=record)
 
 
 def set_payment(engine: Engine, ref: str, payment_status: str) -> Order:
     """Record the payment's outcome: only a pending payment may change."""
-    target = PaymentStatus(_parse(PaymentStatus, payment_status))
+    with _checked():
+        target = domain.parse_payment(payment_status)
     allowed = orders.c.payment_status.in_([s.value for s in payments_before(target)])
 
     def explain(order: Order) -> str | None:
@@ -327,21 +406,10 @@ def set_payment(engine: Engine, ref: str, payment_status: str) -> Order:
     return _transition(engine, ref, allowed, {"payment_status": target.value}, explain)
 
 
-#: Longest engineer's name kept.
-MAX_ENGINEER_NAME = 100
-
-
-def engineer_name(text: str) -> str:
-    """Return an engineer's name trimmed, or refuse one that is empty, too long or unprintable."""
-    name = text.strip()
-    if not name or len(name) > MAX_ENGINEER_NAME or not name.isprintable():
-        raise InvalidValue(f"an engineer's name is 1-{MAX_ENGINEER_NAME} printable characters")
-    return name
-
-
 def claim(engine: Engine, ref: str, engineer: str, *, clock: Clock = utcnow) -> Order:
     """Let an engineer start processing an order: from then on it cannot be cancelled."""
-    name = engineer_name(engineer)
+    with _checked():
+        name = domain.engineer_name(engineer)
     allowed = orders.c.status.in_([s.value for s in OPEN_STATUSES]) & orders.c.engineer.is_(None)
 
     def explain(order: Order) -> str | None:
@@ -365,16 +433,20 @@ def release(engine: Engine, ref: str) -> Order:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One recorded cancellation attempt: outcome 0 is a cancellation, else the refusal's code."""
+    """One recorded cancellation attempt: outcome 0 is a cancellation, else the refusal's code.
+
+    An integrator's attempt names its API key; an operator's cancellation names the operator.
+    """
 
     id: int
     at: datetime
-    key_id: int
-    key_name: str
+    key_id: int | None
+    key_name: str | None
     order_id: str | None
     order_number: str | None
     outcome: int
     request_id: str
+    operator: str | None = None
     #: The answer was an earlier request's, told again for the same Idempotency-Key.
     replayed: bool = False
 
@@ -390,24 +462,29 @@ def list_attempts(
     """Read the cancellation record of one environment, oldest first; the newest `limit` when given.
 
     An API code selects its attempts even after it was revoked; an order (number or ID) selects
-    the attempts that found it.
+    the attempts that found it, operators' cancellations included.
     """
     attempts = cancellation_attempts
+    caller, owner = api_keys.alias("caller"), api_keys.alias("owner")
     query = (
         select(
             attempts.c.id,
             attempts.c.at,
             attempts.c.api_key_id,
-            api_keys.c.name,
+            caller.c.name,
             orders.c.order_id,
             orders.c.order_number,
             attempts.c.outcome,
             attempts.c.request_id,
+            attempts.c.operator,
             attempts.c.replayed,
         )
-        .join(api_keys, api_keys.c.id == attempts.c.api_key_id)
+        .select_from(attempts)
+        .outerjoin(caller, caller.c.id == attempts.c.api_key_id)
         .outerjoin(orders, orders.c.id == attempts.c.order_ref)
-        .where(api_keys.c.environment == environment.value)
+        .outerjoin(owner, owner.c.id == orders.c.api_key_id)
+        # An operator's row has no key: its environment is that of the order's key.
+        .where(func.coalesce(caller.c.environment, owner.c.environment) == environment.value)
         .order_by(attempts.c.id.desc())
     )
     with engine.connect() as connection:
@@ -439,6 +516,7 @@ def list_attempts(
             row.order_number,
             row.outcome,
             row.request_id,
+            row.operator,
             bool(row.replayed),
         )
         for row in reversed(rows)
@@ -456,6 +534,7 @@ def audit_fields(entry: AuditEntry) -> dict[str, object]:
         "orderNumber": entry.order_number,
         "outcome": entry.outcome,
         "requestId": entry.request_id,
+        "operator": entry.operator,
         "replayed": entry.replayed,
     }
 

@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from ordercancel.domain import (
-    OPEN_STATUSES,
+    CUSTOMER_CANCELLATION,
     REFUSALS,
+    CancellationRule,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     Lookup,
@@ -26,7 +27,6 @@ from ordercancel.domain import (
     ProductionStatus,
     RequestError,
     Unauthorized,
-    cancellation_refusal,
 )
 
 Clock = Callable[[], datetime]
@@ -68,8 +68,20 @@ class Store(Protocol):
         """Forget at most `limit` expired Idempotency-Keys; return how many."""
 
 
-_OPEN = ", ".join(f"'{status.value}'" for status in sorted(OPEN_STATUSES))
 _KEY_ACTIVE = "EXISTS (SELECT 1 FROM api_keys WHERE id = :key AND revoked_at IS NULL)"
+
+
+def _listed(values: frozenset[ProductionStatus] | frozenset[PaymentStatus]) -> str:
+    return ", ".join(f"'{value.value}'" for value in sorted(values))
+
+
+def cancellable_condition(rule: CancellationRule) -> str:
+    """The domain's rule as a SQL condition on an orders row: true exactly when `rule.allows` the order."""
+    parts = [f"status IN ({_listed(rule.statuses)})"]
+    if rule.refused_payments:
+        parts.append(f"payment_status NOT IN ({_listed(rule.refused_payments)})")
+    parts.append("engineer IS NULL")
+    return " AND ".join(parts)
 
 
 def cancel_statement(column: str, param: str = ":value") -> str:
@@ -77,8 +89,7 @@ def cancel_statement(column: str, param: str = ":value") -> str:
     return (
         f"UPDATE orders SET status = '{ProductionStatus.CANCELLED.value}', cancelled_at = :now, "
         "cancellation_reason = :reason, cancellation_note = :note, cancelled_by_key = :key "
-        f"WHERE {column} = {param} AND api_key_id = :key AND status IN ({_OPEN}) "
-        f"AND payment_status <> '{PaymentStatus.NOK.value}' AND engineer IS NULL "
+        f"WHERE {column} = {param} AND api_key_id = :key AND {cancellable_condition(CUSTOMER_CANCELLATION)} "
         f"AND {_KEY_ACTIVE} RETURNING id, order_id, order_number"
     )
 
@@ -151,7 +162,7 @@ def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | No
         PaymentStatus(str(payment)),
         None if engineer is None else str(engineer),
     )
-    return int(str(ref)), Outcome(order.order_id, order.order_number, cancellation_refusal(order))
+    return int(str(ref)), Outcome(order.order_id, order.order_number, CUSTOMER_CANCELLATION.refusal(order))
 
 
 @dataclass(frozen=True, slots=True)
