@@ -9,6 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
 
 
 class Environment(StrEnum):
@@ -38,6 +39,9 @@ class Settings:
     #: Seconds an API code found active is remembered before it is looked up again (0: never).
     #: Revocation still takes effect at once: every cancellation re-checks the key itself.
     key_cache_seconds: float = 5.0
+    #: Seconds a SQLite write waits for the lock another writer holds (an import, a second
+    #: process) before it fails; a cancellation waiting on it is answered 500 within this plus 1 s.
+    sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
 
@@ -55,6 +59,7 @@ class Settings:
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
+            "sqlite_busy_timeout": env.get("ORDERCANCEL_SQLITE_BUSY_TIMEOUT"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -128,5 +133,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
+    "sqlite_busy_timeout": _non_negative_float,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

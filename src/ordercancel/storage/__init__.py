@@ -25,7 +25,7 @@ def open_store(settings: Settings) -> Store:
         path = settings.sqlite_path()
         if path is None:
             raise ValueError(f"no store for the database URL {settings.database_url!r}")
-        store = SqliteStore(str(path), settings.environment)
+        store = SqliteStore(str(path), settings.environment, busy_timeout=settings.sqlite_busy_timeout)
     if settings.key_cache_seconds > 0:
         store = RememberedKeys(store, seconds=settings.key_cache_seconds)
     return store
