@@ -1,4 +1,4 @@
-"""The wire contract (../shared/CONTRACT.md), row by row, against the real app over HTTP.
+"""The wire contract (docs/contract.md), row by row, against the real app over HTTP.
 
 Every behavioural test runs on both endpoints and in both formats.
 """
