@@ -8,7 +8,7 @@ export ORDERCANCEL_ENVIRONMENT ?= sandbox
 # make bench also measures PostgreSQL here (a scratch database is created); empty it to skip.
 BENCH_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install run test check lint format clean bench
+.PHONY: install run test test-fast check lint format clean bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The lane to run while editing: SQLite and in-thread servers only (no browser, PostgreSQL or `serve` subprocess).
+test-fast: install
+	$(BIN)/pytest -q -m "not postgres and not browser and not subprocess" $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check src tests bench

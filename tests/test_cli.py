@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from ordercancel.config import Settings
 from ordercancel.domain import hash_api_code
 from ordercancel.storage.database import create_sync_engine
 from ordercancel.storage.schema import api_keys
-from tests.wire import BY_NUMBER, decode
+from tests.support.serving import free_port
+from tests.support.wire import BY_NUMBER, decode
 
 
 def run(capsys: pytest.CaptureFixture[str], settings: Settings, *args: str) -> tuple[int, str, str]:
@@ -41,6 +41,7 @@ def cli(database_url: str, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
+@pytest.mark.subprocess
 def test_db_upgrade_creates_a_database_that_the_other_commands_use(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/new/ordercancel.db"
     upgraded = cli(url, "db", "upgrade")
@@ -52,6 +53,7 @@ def test_db_upgrade_creates_a_database_that_the_other_commands_use(tmp_path: Pat
     assert re.fullmatch(r"[0-9a-f-]{36}", json.loads(created.stdout)["apiCode"])
 
 
+@pytest.mark.subprocess
 def test_commands_on_a_missing_database_say_so_in_one_line(tmp_path: Path) -> None:
     result = cli(f"sqlite:///{tmp_path}/absent.db", "keys", "list")
     assert result.returncode == 1
@@ -177,6 +179,7 @@ def test_orders_show_finds_an_order_by_number_or_id_and_reports_its_cancellation
     assert (code, err) == (1, "ordercancel: no order 'IMC999999'\n")
 
 
+@pytest.mark.subprocess
 def test_a_bad_environment_or_url_is_one_line_and_not_a_traceback(settings: Settings) -> None:
     result = cli(settings.database_url, "keys", "list", env={"ORDERCANCEL_ENVIRONMENT": "staging"})
     assert result.returncode == 1
@@ -187,6 +190,7 @@ def test_a_bad_environment_or_url_is_one_line_and_not_a_traceback(settings: Sett
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_keys_belong_to_the_environment_they_were_created_in(settings: Settings) -> None:
     created = cli(settings.database_url, "--environment", "production", "keys", "create", "--json")
     production_code = json.loads(created.stdout)["apiCode"]
@@ -196,13 +200,7 @@ def test_keys_belong_to_the_environment_they_were_created_in(settings: Settings)
     assert result.returncode == 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
+@pytest.mark.subprocess
 def test_demo_and_serve_give_a_working_service_with_the_printed_commands(settings: Settings) -> None:
     port = free_port()
     demo = cli(settings.database_url, "demo", "--port", str(port))
@@ -243,6 +241,7 @@ def wait_until_up(url: str, seconds: float = 20) -> None:
     raise AssertionError(f"{url} did not come up")
 
 
+@pytest.mark.subprocess
 def test_serve_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
     result = cli(f"sqlite:///{tmp_path}/absent.db", "serve", "--port", str(free_port()))
     assert result.returncode == 1

@@ -27,7 +27,8 @@ from ordercancel.domain import ProductionStatus
 from ordercancel.http.app import create_app
 from ordercancel.storage import Store, database, open_store, service
 from ordercancel.storage.schema import cancellation_attempts
-from tests.conftest import LiveServer
+from tests.support.live import LiveServer
+from tests.support.serving import free_port
 
 # The deployment: one database, the app in this process and the same app on uvicorn ------------
 
@@ -383,15 +384,9 @@ def test_a_refusal_is_never_retried(deployment: Deployment) -> None:
     assert attempts_recorded(deployment.engine, order) == [507]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("mode", ["sync-tcp", "async-tcp"])
 def test_no_server_at_all_raises_transport_error_after_every_retry(deployment: Deployment, mode: str) -> None:
-    api = Api(deployment, mode, "json", base_url=f"http://127.0.0.1:{_free_port()}", retries=3)
+    api = Api(deployment, mode, "json", base_url=f"http://127.0.0.1:{free_port()}", retries=3)
     with pytest.raises(oc.TransportError) as raised:
         api.call("cancel_by_number", "IMC000001")
     assert raised.value.attempts == 4
@@ -502,6 +497,7 @@ print(sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED |
 """
 
 
+@pytest.mark.subprocess
 def test_the_client_imports_and_works_with_the_server_dependencies_absent(deployment: Deployment) -> None:
     order = deployment.order()
     done = subprocess.run(
@@ -527,6 +523,7 @@ def test_the_client_imports_and_works_with_the_server_dependencies_absent(deploy
     ]
 
 
+@pytest.mark.subprocess
 def test_the_blocker_really_blocks_a_server_module(deployment: Deployment) -> None:
     script = _BLOCKED_IMPORTS.replace(
         "from ordercancel.client import", "import ordercancel.http.app\nfrom ordercancel.client import"

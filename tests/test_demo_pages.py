@@ -17,7 +17,9 @@ from sqlalchemy import Engine
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import ProductionStatus
 from ordercancel.storage import service
-from tests.conftest import LiveServer, OrderFactory
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_ID, BY_NUMBER
 
 BY_NUMBER_PAGE = "/api/demo/order-cancellation-by-number-api.htm"
 BY_ID_PAGE = "/api/demo/order-cancellation-by-id-api.htm"
@@ -177,7 +179,7 @@ def test_a_json_cancellation_by_number_shows_the_exchange_with_the_api_code_mask
     assert outcome == f"Cancelled: order {order.order_number} ({order.order_id})."
 
     request = page.text("request")
-    assert request.startswith("POST /web-api/order/CancelOrderByNumber HTTP/1.1\n")
+    assert request.startswith(f"POST {BY_NUMBER} HTTP/1.1\n")
     assert f"apiCode: {masked(api_code)}" in request
     assert api_code not in request and api_code[4:-4] not in page.source()
     assert "Content-Type: application/json" in request
@@ -206,7 +208,7 @@ def test_an_xml_cancellation_by_id_shows_the_pretty_printed_xml_answer(
     page.click_and_wait("send", f"Cancelled: order {order.order_number} ({order.order_id}).")
 
     request = page.text("request")
-    assert request.startswith("POST /web-api/order/CancelOrderById HTTP/1.1\n")
+    assert request.startswith(f"POST {BY_ID} HTTP/1.1\n")
     assert "Content-Type: text/xml" in request
     assert f"<CancelOrderByIdRequest>\n  <orderId>{order.order_id}</orderId>\n</CancelOrderByIdRequest>" in request
     response = page.text("response")

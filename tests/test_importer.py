@@ -14,8 +14,7 @@ from ordercancel.cli import main
 from ordercancel.config import Environment, Settings
 from ordercancel.storage import database, importer, service
 from ordercancel.storage.schema import orders
-
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
+from tests.support.wire import BY_NUMBER
 
 
 def count_orders(engine: Engine) -> int:

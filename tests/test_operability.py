@@ -14,11 +14,9 @@ from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.domain import hash_api_code
 from ordercancel.storage import service
-from tests.conftest import OrderFactory
-from tests.serving import ServeProcess
-
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
+from tests.support.orders import OrderFactory
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
 
 def cancel(http: httpx.Client, api_code: str, number: str, **headers: str) -> httpx.Response:
@@ -107,6 +105,7 @@ def _log_lines(process: ServeProcess) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in process.logs().splitlines() if line.startswith("{")]
 
 
+@pytest.mark.subprocess
 def test_the_access_log_is_one_json_line_per_request_without_the_api_code(
     settings: Settings, api_code: str, make_order: OrderFactory, tmp_path: Path, engine: Engine
 ) -> None:
@@ -133,6 +132,7 @@ def test_the_access_log_is_one_json_line_per_request_without_the_api_code(
     assert hash_api_code(api_code) not in logs
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("trusted", "logged_client"),
     [("127.0.0.1", "203.0.113.7"), ("", "127.0.0.1"), ("10.0.0.1", "127.0.0.1")],

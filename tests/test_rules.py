@@ -39,7 +39,8 @@ from ordercancel.domain import (
 )
 from ordercancel.storage import database, importer, open_store, service, steps
 from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
-from tests.conftest import ADMIN_TOKEN, LiveServer, OrderFactory
+from tests.support.live import ADMIN_TOKEN, LiveServer
+from tests.support.orders import OrderFactory
 
 STATES = list(itertools.product(ProductionStatus, PaymentStatus, [None, "Ada"]))
 CANCEL_BY_NUMBER = "/web-api/order/CancelOrderByNumber"

@@ -24,7 +24,7 @@ from ordercancel.config import Environment, Settings
 from ordercancel.domain import UnknownError
 from ordercancel.storage import database, service
 from ordercancel.storage.sqlite import GroupCommitWriter, Job, WriterStopped, is_lock_error
-from tests.serving import ServeProcess
+from tests.support.serving import ServeProcess
 
 #: Seconds on top of the busy timeout within which every waiting job must be answered.
 MARGIN = 1.0
