@@ -41,9 +41,9 @@ from ordercancel.storage import database, importer, open_store, service, steps
 from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
 from tests.support.live import ADMIN_TOKEN, LiveServer
 from tests.support.orders import OrderFactory
+from tests.support.wire import BY_NUMBER
 
 STATES = list(itertools.product(ProductionStatus, PaymentStatus, [None, "Ada"]))
-CANCEL_BY_NUMBER = "/web-api/order/CancelOrderByNumber"
 TEST_ORDERS = "/web-api/sandbox/orders"
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -465,7 +465,7 @@ def test_a_customer_is_refused_506_for_the_failed_payment_an_operator_may_cancel
     http: httpx.Client, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:
     number = make_order(payment_status="PaymentNOK").order_number
-    answer = http.post(CANCEL_BY_NUMBER, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON}).json()
+    answer = http.post(BY_NUMBER, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON}).json()
     assert answer["requestError"]["code"] == NotPlacedCorrectly.code
 
     assert service.set_status(engine, number, "Cancelled").status is ProductionStatus.CANCELLED

@@ -25,6 +25,7 @@ from ordercancel.domain import UnknownError
 from ordercancel.storage import database, service
 from ordercancel.storage.sqlite import GroupCommitWriter, Job, WriterStopped, is_lock_error
 from tests.support.serving import ServeProcess
+from tests.support.wire import BY_NUMBER
 
 #: Seconds on top of the busy timeout within which every waiting job must be answered.
 MARGIN = 1.0
@@ -246,6 +247,7 @@ def test_the_busy_timeout_is_read_from_the_environment() -> None:
 CONCURRENT = 20
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("lock_seconds", "busy_timeout"),
     [(3.0, 1.0), pytest.param(30.0, 10.0, marks=pytest.mark.slow, id="30s-lock-10s-timeout")],
@@ -304,7 +306,7 @@ def test_concurrent_cancellations_behind_a_held_lock_are_all_answered_500_within
 
 def cancel_by_number(client: httpx.Client, api_code: str, number: str) -> httpx.Response:
     return client.post(
-        "/web-api/order/CancelOrderByNumber",
+        BY_NUMBER,
         json={"orderNumber": number},
         headers={"apiCode": api_code, "Accept": "application/json"},
     )
