@@ -30,6 +30,7 @@ SCRAPES = 10
 ORDERS = 12
 #: Rounds of refusals sent at most until both workers have answered some (each round: 16 requests).
 ROUNDS = 20
+STARTUP_SECONDS = 120.0
 UNKNOWN_CODE = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 Labels = tuple[str, str, str]
@@ -116,13 +117,17 @@ def two_workers(settings: Settings, tmp_path: Path) -> Iterator[tuple[ServeProce
     temp.mkdir()
     env = {"TMPDIR": str(temp), "ORDERCANCEL_POOL_SIZE": str(settings.pool_size)}
     served = ServeProcess(settings.database_url, tmp_path / "serve.log", extra_args=("--workers", "2"), env=env)
-    with served:
+    # Two workers importing the app at once on a loaded 2-core machine can take a minute or more.
+    served.start(timeout=STARTUP_SECONDS)
+    try:
         [directory] = temp.glob("ordercancel-metrics-*")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         while len(per_worker(directory)) < 2 and time.monotonic() < deadline:  # the second worker's app
             time.sleep(0.1)
         assert len(per_worker(directory)) == 2, served.logs()
         yield served, directory
+    finally:
+        served.stop()
     assert not directory.exists(), "serve leaves its metrics directory behind"
     assert "Traceback" not in served.logs()
 
@@ -168,7 +173,7 @@ def test_a_worker_killed_and_replaced_keeps_its_requests_counted(
     counts = per_worker(directory)
     victim = max(counts, key=lambda pid: counts[pid])
     os.kill(victim, signal.SIGKILL)  # no shutdown hook runs: what its files hold is all there is
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP_SECONDS
     while len(per_worker(directory)) < 3 and time.monotonic() < deadline:  # uvicorn starts a replacement
         time.sleep(0.1)
     assert len(per_worker(directory)) == 3, served.logs()
