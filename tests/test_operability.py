@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.domain import hash_api_code
+from ordercancel.http.observability import Metrics
 from ordercancel.storage import service
 from tests.support.orders import OrderFactory
 from tests.support.serving import ServeProcess
@@ -78,6 +79,15 @@ def test_metrics_count_requests_by_endpoint_and_outcome(
     assert metric(body, f"{histogram}_bucket", endpoint=BY_NUMBER, le="10.0") == 3
     assert metric(body, f"{histogram}_sum", endpoint=BY_NUMBER) > 0
     assert metric(body, "ordercancel_database_errors_total") == 0
+    # The series are those `serve --workers N` shows, which merges the workers' files: no `_created`.
+    assert "_created" not in body
+
+
+def test_metrics_refuse_a_shared_directory_when_the_client_already_counts_in_memory(tmp_path: Path) -> None:
+    # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR: nothing it
+    # counted would reach the directory, and its scrapes would show only the other workers.
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR must be set before"):
+        Metrics(["/metrics"], multiprocess_dir=str(tmp_path))
 
 
 def test_a_database_failure_is_a_500_without_details_and_is_counted(

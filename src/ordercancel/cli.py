@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from ordercancel import cancel_command
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
-from ordercancel.http.observability import logging_config
+from ordercancel.http.observability import logging_config, share_metrics_between_workers
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
 from ordercancel.storage import database, service
 
@@ -225,6 +225,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"no such file: {path}")
     scheme = "https" if args.ssl_certfile else "http"
     print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
+    if args.workers > 1:  # so that /metrics on any worker sums them all
+        share_metrics_between_workers()
     uvicorn.run(
         "ordercancel.http.app:create_app_from_env",
         factory=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import orjson
 
@@ -22,7 +23,7 @@ from ordercancel.domain import (
 from ordercancel.http.admin_api import AdminApi
 from ordercancel.http.core import App, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
-from ordercancel.http.observability import AccessLog, Metrics
+from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
 from ordercancel.storage import Attempt, Store, open_store
@@ -130,9 +131,13 @@ async def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings, store: Store) -> App:
-    """Build the ASGI application from its collaborators; the store is started by the lifespan."""
-    metrics = Metrics([BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH])
+def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = None) -> App:
+    """Build the ASGI application from its collaborators; the store is started by the lifespan.
+
+    `metrics_dir` is the directory the workers of one `serve --workers N` share their metrics in.
+    """
+    endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
+    metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
     routes = [
         Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, by_id=False)}),
         Route(BY_ID_PATH, {"POST": cancel_handler(store, by_id=True)}),
@@ -166,4 +171,4 @@ def create_app(settings: Settings, store: Store) -> App:
 def create_app_from_env() -> App:
     """Factory for `uvicorn --factory` and worker processes: settings from ORDERCANCEL_*."""
     settings = Settings.from_env()
-    return create_app(settings, open_store(settings))
+    return create_app(settings, open_store(settings), metrics_dir=os.environ.get(MULTIPROC_ENV))
