@@ -8,7 +8,29 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+from ordercancel.domain import parse_guid
+
+#: Where the default database lives: the user's data directory (XDG), the same from every
+#: directory, so that a command run elsewhere never finds (or makes) another, empty database.
+DATA_DIRECTORY_NAME = "ordercancel"
+
+
+def default_database_path(env: Mapping[str, str] | None = None) -> Path:
+    """Return the default SQLite file: $XDG_DATA_HOME/ordercancel/ordercancel.db, absolute."""
+    env = os.environ if env is None else env
+    data_home = env.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says a relative XDG_DATA_HOME is invalid and to be ignored.
+    base = Path(data_home) if data_home and Path(data_home).is_absolute() else Path.home() / ".local" / "share"
+    return base / DATA_DIRECTORY_NAME / "ordercancel.db"
+
+
+def sqlite_url(path: Path) -> str:
+    """Return the SQLAlchemy URL of a SQLite file, made absolute."""
+    return f"sqlite:///{path.absolute()}"
+
+
+def default_database_url() -> str:
+    return sqlite_url(default_database_path())
 
 
 class Environment(StrEnum):
@@ -22,7 +44,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default_factory=default_database_url)
     #: The sandbox is the default so that a development instance is never taken for production.
     environment: Environment = Environment.SANDBOX
     #: Connections per process in the PostgreSQL pool.
@@ -40,12 +62,14 @@ class Settings:
     key_cache_seconds: float = 5.0
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: The sandbox demo's API code, offered by the demo pages (`make run` sets it; never shown in production).
+    demo_api_code: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ORDERCANCEL_* variables; anything unset keeps its default."""
         env = os.environ if env is None else env
-        settings = cls()
+        settings = cls(database_url=sqlite_url(default_database_path(env)))
         raw = {
             "database_url": env.get("ORDERCANCEL_DATABASE_URL"),
             "environment": env.get("ORDERCANCEL_ENVIRONMENT"),
@@ -55,6 +79,7 @@ class Settings:
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
+            "demo_api_code": env.get("ORDERCANCEL_DEMO_API_CODE"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -89,7 +114,11 @@ def _environment(text: str) -> Environment:
 
 def _database_url(text: str) -> str:
     text = text.strip()
-    if text.startswith("sqlite:///") or text.startswith(("postgresql:", "postgresql+", "postgres:")):
+    if text.startswith("sqlite:///"):
+        # Resolved once, against the directory the command started in, and shown absolute from then on.
+        path = text[len("sqlite:///") :]
+        return text if not path or path.startswith(":memory:") else sqlite_url(Path(path))
+    if text.startswith(("postgresql:", "postgresql+", "postgres:")):
         return text
     raise ValueError(f"must be a sqlite:/// or postgresql:// URL, not {text!r}")
 
@@ -115,6 +144,13 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+def _guid_or_empty(text: str) -> str:
+    text = text.strip()
+    if text and parse_guid(text) is None:
+        raise ValueError(f"must be an API code (a GUID), not {text!r}")
+    return text.lower()
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -128,5 +164,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
+    "demo_api_code": _guid_or_empty,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}
