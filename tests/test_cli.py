@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 import ordercancel
 from ordercancel.cli import ImportProgress, _parser, main
@@ -342,10 +342,10 @@ def test_cancel_without_url_uses_the_environments_base_url_variable(
 
 
 def test_cancel_with_the_sandbox_url_variable_cancels_and_shows_the_hint_of_a_refusal(
-    capsys: pytest.CaptureFixture[str], settings: Settings, server: Any, api_code: str
+    settings: Settings, engine: Engine, server: Any, api_code: str
 ) -> None:
     env = {"ORDERCANCEL_SANDBOX_URL": server.url, "ORDERCANCEL_API_CODE": api_code}
-    order = service.create_order(create_sync_engine(settings), settings.environment, api_code)
+    order = service.create_order(engine, settings.environment, api_code)
     done = cli(settings.database_url, "cancel", order.order_number, env=env)
     assert (done.returncode, done.stdout.split(":")[0]) == (0, "cancelled")
     refused = cli(settings.database_url, "cancel", "IMC999999", env=env)
@@ -403,9 +403,9 @@ def test_the_default_database_is_in_the_xdg_data_directory_whatever_the_current_
 
 
 def test_an_import_reports_every_bad_row_and_every_repeated_number_in_one_pass(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: Settings, api_code: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: Settings, engine: Engine, api_code: str
 ) -> None:
-    service.create_order(create_sync_engine(settings), settings.environment, api_code, number="STORED-1")
+    service.create_order(engine, settings.environment, api_code, number="STORED-1")
     good = '{{"orderNumber": "{}", "status": "Ordered", "paymentStatus": "PaymentOK"}}'
     lines = [
         good.format("A-1"),
