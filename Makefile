@@ -18,10 +18,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# make run keeps its database in the clone (var/), and hands the demo's API code to the server
+# (through var/demo.env) so that the sandbox's demo pages can offer it.
+RUN_DATABASE_URL ?= sqlite:///$(CURDIR)/var/ordercancel.db
+
 run: install
-	$(BIN)/ordercancel db upgrade
-	$(BIN)/ordercancel demo --host $(HOST) --port $(PORT)
-	$(BIN)/ordercancel serve --host $(HOST) --port $(PORT)
+	$(BIN)/ordercancel db upgrade --database-url '$(RUN_DATABASE_URL)'
+	$(BIN)/ordercancel demo --database-url '$(RUN_DATABASE_URL)' --host $(HOST) --port $(PORT) --env-file var/demo.env
+	. ./var/demo.env && exec $(BIN)/ordercancel serve --database-url '$(RUN_DATABASE_URL)' --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -537,3 +537,134 @@ def test_the_blocker_really_blocks_a_server_module(deployment: Deployment) -> No
     )
     assert done.returncode != 0
     assert "is blocked" in done.stderr
+
+
+# The sandbox's hint header --------------------------------------------------------------------
+
+UNKNOWN_CODE = "0f8fad5b-d9cb-469f-a165-70867728950e"
+JSON_BODY = {"Content-Type": "application/json", "Accept": "application/json"}
+
+#: (case, path, headers without the API code, body, whether to send the real API code, the hint).
+HINT_CASES: list[tuple[str, str, dict[str, str], bytes, str | None, str]] = [
+    (
+        "curl -d's form type",
+        oc.BY_NUMBER_PATH,
+        {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        b'{"orderNumber": "IMC000001"}',
+        "real",
+        "Content-Type application/x-www-form-urlencoded is not accepted: send application/json or text/xml",
+    ),
+    ("no apiCode", oc.BY_NUMBER_PATH, JSON_BODY, b'{"orderNumber": "IMC000001"}', None, "no apiCode header"),
+    ("apiCode not a GUID", oc.BY_ID_PATH, JSON_BODY, b"{}", "not-a-guid", "apiCode is not a GUID"),
+    (
+        "unknown apiCode",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b"{}",
+        UNKNOWN_CODE,
+        "apiCode is not a sandbox code: it is unknown or revoked (a production code is unknown here)",
+    ),
+    (
+        "no Content-Type, a form body",
+        oc.BY_NUMBER_PATH,
+        {"Accept": "application/json"},
+        b"orderNumber=IMC000001",
+        "real",
+        "no Content-Type, and the body starts with neither { nor <: send Content-Type application/json or text/xml",
+    ),
+    (
+        "a misspelt field",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b'{"OrderNumber": "IMC000001"}',
+        "real",
+        "the body has no orderNumber: field names are case-sensitive",
+    ),
+    (
+        "an order nobody has",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b'{"orderNumber": "NOBODY-1"}',
+        "real",
+        "no order with this orderNumber belongs to your apiCode: create one with POST /web-api/sandbox/orders",
+    ),
+    (
+        "Accept */*",
+        oc.BY_NUMBER_PATH,
+        {"Content-Type": "application/json", "Accept": "*/*"},
+        b'{"orderNumber": "NOBODY-1"}',
+        "real-order",
+        "Accept */* was answered as text/xml, the documented default",
+    ),
+    (
+        "no Accept",
+        oc.BY_ID_PATH,
+        {"Content-Type": "application/json"},
+        b"",
+        "real-order",
+        "no Accept header was answered as text/xml, the documented default",
+    ),
+    ("no apiCode, test order", oc.TEST_ORDERS_PATH, JSON_BODY, b"{}", None, "no apiCode header"),
+]
+
+
+def _hint_request(
+    server: LiveServer, code: str, order: domain.Order, case: tuple[str, str, dict[str, str], bytes, str | None, str]
+) -> httpx.Response:
+    _, path, headers, body, which, _ = case
+    headers = dict(headers)
+    if which is not None:
+        headers["apiCode"] = code if which.startswith("real") else which
+    if which == "real-order":  # a cancellable order of this code, by number or by ID
+        field = "orderId" if path == oc.BY_ID_PATH else "orderNumber"
+        value = order.order_id if field == "orderId" else order.order_number
+        body = f'{{"{field}": "{value}"}}'.encode()
+    with httpx.Client(timeout=10) as http:
+        if "Accept" not in headers:
+            del http.headers["accept"]  # httpx sends */* unless told not to
+        return http.post(server.url + path, headers=headers, content=body)
+
+
+@pytest.mark.parametrize("case", HINT_CASES, ids=[case[0] for case in HINT_CASES])
+def test_the_sandbox_explains_a_refusal_in_a_hint_header_and_production_never_does(
+    settings: Settings, engine: Engine, case: tuple[str, str, dict[str, str], bytes, str | None, str]
+) -> None:
+    answers = {}
+    for environment in (Environment.SANDBOX, Environment.PRODUCTION):
+        code = service.create_key(engine, environment, "hints")
+        order = service.create_order(engine, environment, code)
+        with LiveServer(replace(settings, environment=environment)) as server:
+            answers[environment] = _hint_request(server, code, order, case)
+    sandbox, production = answers[Environment.SANDBOX], answers[Environment.PRODUCTION]
+    assert sandbox.headers.get("x-ordercancel-hint") == case[5]
+    assert "x-ordercancel-hint" not in production.headers
+    if case[1] == oc.TEST_ORDERS_PATH:  # not there at all in production
+        assert production.status_code == 404
+        return
+    # The wire answer stays as published: the same status and body in both (apart from the order's own values).
+    assert sandbox.status_code == production.status_code
+    assert sandbox.headers["content-type"] == production.headers["content-type"]
+    if case[4] != "real-order":
+        assert sandbox.content == production.content
+
+
+def test_a_well_formed_json_request_gets_no_hint(deployment: Deployment) -> None:
+    order = deployment.order()
+    response = httpx.post(
+        deployment.server.url + oc.BY_NUMBER_PATH,
+        headers={**JSON_BODY, "apiCode": deployment.api_code},
+        json={"orderNumber": order.order_number},
+    )
+    assert response.json()["isCanceled"] is True
+    assert "x-ordercancel-hint" not in response.headers
+
+
+def test_the_clients_error_message_carries_the_sandbox_hint(api: Api) -> None:
+    with pytest.raises(oc.Unauthorized) as refused:
+        api.call("cancel_by_number", "IMC000001", api_code="not-a-guid")
+    assert refused.value.message == "Unauthorized"  # the server's own, unchanged
+    assert refused.value.hint == "apiCode is not a GUID"
+    assert str(refused.value) == "401: Unauthorized (sandbox hint: apiCode is not a GUID)"
+    with pytest.raises(oc.OrderNotFound) as unknown:
+        api.call("cancel_by_number", "NOBODY-2")
+    assert "(sandbox hint: no order with this orderNumber belongs to your apiCode" in str(unknown.value)

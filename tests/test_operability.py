@@ -208,5 +208,6 @@ def test_audit_list_prints_one_line_per_attempt(
     cancel(http, api_code, order.order_number, **{"X-Request-ID": "line-1"})
     capsys.readouterr()
     assert cli.main(["audit", "list", "--database-url", settings.database_url, "--environment", "sandbox"]) == 0
-    [line] = capsys.readouterr().out.splitlines()
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split("\t") == ["time", "key", "order", "outcome", "request id"]
     assert line.split("\t")[1:] == ["key 1 test", order.order_number, "cancelled", "line-1"]

@@ -8,8 +8,31 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+from ordercancel.domain import parse_guid
+
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+#: Where the default database lives: the user's data directory (XDG), the same from every
+#: directory, so that a command run elsewhere never finds (or makes) another, empty database.
+DATA_DIRECTORY_NAME = "ordercancel"
+
+
+def default_database_path(env: Mapping[str, str] | None = None) -> Path:
+    """Return the default SQLite file: $XDG_DATA_HOME/ordercancel/ordercancel.db, absolute."""
+    env = os.environ if env is None else env
+    data_home = env.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says a relative XDG_DATA_HOME is invalid and to be ignored.
+    base = Path(data_home) if data_home and Path(data_home).is_absolute() else Path.home() / ".local" / "share"
+    return base / DATA_DIRECTORY_NAME / "ordercancel.db"
+
+
+def sqlite_url(path: Path) -> str:
+    """Return the SQLAlchemy URL of a SQLite file, made absolute."""
+    return f"sqlite:///{path.absolute()}"
+
+
+def default_database_url() -> str:
+    return sqlite_url(default_database_path())
 
 
 class Environment(StrEnum):
@@ -23,7 +46,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default_factory=default_database_url)
     #: The sandbox is the default so that a development instance is never taken for production.
     environment: Environment = Environment.SANDBOX
     #: Connections per process in the PostgreSQL pool.
@@ -44,12 +67,14 @@ class Settings:
     sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: The sandbox demo's API code, offered by the demo pages (`make run` sets it; never shown in production).
+    demo_api_code: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ORDERCANCEL_* variables; anything unset keeps its default."""
         env = os.environ if env is None else env
-        settings = cls()
+        settings = cls(database_url=sqlite_url(default_database_path(env)))
         raw = {
             "database_url": env.get("ORDERCANCEL_DATABASE_URL"),
             "environment": env.get("ORDERCANCEL_ENVIRONMENT"),
@@ -60,6 +85,7 @@ class Settings:
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
             "sqlite_busy_timeout": env.get("ORDERCANCEL_SQLITE_BUSY_TIMEOUT"),
+            "demo_api_code": env.get("ORDERCANCEL_DEMO_API_CODE"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -94,7 +120,11 @@ def _environment(text: str) -> Environment:
 
 def _database_url(text: str) -> str:
     text = text.strip()
-    if text.startswith("sqlite:///") or text.startswith(("postgresql:", "postgresql+", "postgres:")):
+    if text.startswith("sqlite:///"):
+        # Resolved once, against the directory the command started in, and shown absolute from then on.
+        path = text[len("sqlite:///") :]
+        return text if not path or path.startswith(":memory:") else sqlite_url(Path(path))
+    if text.startswith(("postgresql:", "postgresql+", "postgres:")):
         return text
     raise ValueError(f"must be a sqlite:/// or postgresql:// URL, not {text!r}")
 
@@ -120,6 +150,13 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+def _guid_or_empty(text: str) -> str:
+    text = text.strip()
+    if text and parse_guid(text) is None:
+        raise ValueError(f"must be an API code (a GUID), not {text!r}")
+    return text.lower()
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -134,5 +171,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
     "sqlite_busy_timeout": _non_negative_float,
+    "demo_api_code": _guid_or_empty,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -43,6 +43,8 @@ BY_ID_PATH = "/web-api/order/CancelOrderById"
 TEST_ORDERS_PATH = "/web-api/sandbox/orders"
 #: The response header that names the environment (sandbox or production) that answered.
 ENVIRONMENT_HEADER = "x-ordercancel-environment"
+#: The sandbox's one-sentence explanation of a refusal (never sent by production).
+HINT_HEADER = "x-ordercancel-hint"
 #: Where the base URLs of a deployment's two environments are configured.
 SANDBOX_URL_VARIABLE = "ORDERCANCEL_SANDBOX_URL"
 PRODUCTION_URL_VARIABLE = "ORDERCANCEL_PRODUCTION_URL"
@@ -127,10 +129,13 @@ class ApiError(ClientError):
         environment: str | None = None,
         attempts: int = 1,
         fields: Mapping[str, Any] | None = None,
+        hint: str | None = None,
     ) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"{code}: {message}" + (f" (sandbox hint: {hint})" if hint else ""))
         self.code = code
         self.message = message
+        #: The sandbox's hint header: why, in one sentence, where the code alone does not say.
+        self.hint = hint
         self.status_code = status_code
         self.order_id = order_id
         self.order_number = order_number
@@ -266,6 +271,7 @@ def decode(response: httpx.Response) -> dict[str, Any] | None:
 
 def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts: int) -> ApiError:
     environment = response.headers.get(ENVIRONMENT_HEADER)
+    hint = response.headers.get(HINT_HEADER)
     error = (fields or {}).get("requestError")
     if not isinstance(error, Mapping) or not isinstance(error.get("code"), int):
         text = response.text[:200] if response.content else "no body"
@@ -275,6 +281,7 @@ def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts:
             status_code=response.status_code,
             environment=environment,
             attempts=attempts,
+            hint=hint,
         )
     assert fields is not None
     kind = ERRORS.get(error["code"], ApiError)
@@ -287,6 +294,7 @@ def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts:
         environment=environment,
         attempts=attempts,
         fields=fields,
+        hint=hint,
     )
 
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 
 import orjson
 
-from ordercancel.codecs import error_fields, negotiate, outcome_fields, request_codec
+from ordercancel.codecs import CODECS, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import (
     Lookup,
+    MissingOrderId,
+    MissingOrderNumber,
     Outcome,
     RequestError,
     Unauthorized,
     UnknownError,
+    WrongOrderId,
+    WrongOrderNumber,
     WrongRequestBody,
     hash_api_code,
     lookup,
@@ -68,6 +73,87 @@ def api_key_hash(request: Request) -> str | None:
     """Return the hash of the request's API code, or None when it sent no GUID."""
     code = parse_guid((request.header("apicode") or "").strip())
     return None if code is None else hash_api_code(code)
+
+
+HINT_HEADER = b"x-ordercancel-hint"
+#: The media types a request body may have, as the hints name them.
+_ACCEPTED_BODIES = "application/json or text/xml"
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A client's header value, fit to quote in a header: printable ASCII, bounded."""
+    value = _PRINTABLE.sub("?", value.strip())
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _auth_hint(request: Request) -> str:
+    given = request.header("apicode")
+    if given is None or not given.strip():
+        return "no apiCode header"
+    if parse_guid(given.strip()) is None:
+        return "apiCode is not a GUID"
+    return "apiCode is not a sandbox code: it is unknown or revoked (a production code is unknown here)"
+
+
+def _unaccepted_content_type(request: Request) -> str | None:
+    """Return the request's media type when it is one no endpoint reads (the answer is then 501)."""
+    content_type = request.header("content-type")
+    if content_type is None or not content_type.strip():
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return None if media_type in CODECS else media_type
+
+
+def _body_hint(request: Request, field: str) -> str:
+    content_type = request.header("content-type")
+    if content_type is None or not content_type.strip():
+        return f"no Content-Type, and the body starts with neither {{ nor <: send Content-Type {_ACCEPTED_BODIES}"
+    if "json" in content_type.lower():
+        return f'the body is not a JSON object with {field} a string, such as {{"{field}": "..."}}'
+    return f"the body is not well-formed XML with one <{field}> text element under its root"
+
+
+def _refusal_hint(request: Request, response: Response, field: str) -> str | None:
+    unaccepted = _unaccepted_content_type(request)
+    if unaccepted is not None:
+        return f"Content-Type {_shown(unaccepted)} is not accepted: send {_ACCEPTED_BODIES}"
+    if response.outcome == WrongRequestBody.code:
+        return _body_hint(request, field)
+    if response.outcome in (MissingOrderNumber.code, MissingOrderId.code):
+        return f"the body has no {field}: field names are case-sensitive"
+    if response.outcome in (WrongOrderNumber.code, WrongOrderId.code):
+        return f"no order with this {field} belongs to your apiCode: create one with POST {SANDBOX_ORDERS_PATH}"
+    return None
+
+
+def _accept_hint(request: Request, response: Response) -> str | None:
+    # A JSON client that sent no Accept (curl sends */*) gets XML: its parser fails on a success.
+    accept = request.header("accept")
+    if not response.content_type.startswith(b"text/xml") or "text/xml" in (accept or "").lower():
+        return None
+    shown = f"Accept {_shown(accept)}" if accept and accept.strip() else "no Accept header"
+    return f"{shown} was answered as text/xml, the documented default"
+
+
+def sandbox_hint(request: Request, response: Response, field: str) -> str | None:
+    """One sentence on why the sandbox answered as it did, where the wire answer cannot say more."""
+    if response.status == 401:
+        return _auth_hint(request)
+    return _refusal_hint(request, response, field) or _accept_hint(request, response)
+
+
+def with_sandbox_hints(handler: Handler, field: str) -> Handler:
+    """Add the hint header to the handler's answers (the sandbox only: production stays as published)."""
+
+    async def hinted(request: Request) -> Response:
+        response = await handler(request)
+        hint = sandbox_hint(request, response, field)
+        if hint is not None:
+            response.headers.append((HINT_HEADER, hint.encode("ascii")))
+        return response
+
+    return hinted
 
 
 def cancel_handler(store: Store, *, by_id: bool) -> Handler:
@@ -138,9 +224,13 @@ def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = No
     """
     endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
     metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
+    by_number, by_id = cancel_handler(store, by_id=False), cancel_handler(store, by_id=True)
+    sandbox = settings.environment is Environment.SANDBOX
+    if sandbox:
+        by_number, by_id = with_sandbox_hints(by_number, "orderNumber"), with_sandbox_hints(by_id, "orderId")
     routes = [
-        Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, by_id=False)}),
-        Route(BY_ID_PATH, {"POST": cancel_handler(store, by_id=True)}),
+        Route(BY_NUMBER_PATH, {"POST": by_number}),
+        Route(BY_ID_PATH, {"POST": by_id}),
         Route("/healthz", {"GET": health_handler(store, settings)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
@@ -151,9 +241,9 @@ def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = No
         admin = AdminApi(settings)
         routes.extend(admin.routes())
         on_shutdown.append(admin.close)
-    if settings.environment is Environment.SANDBOX:  # in production the path does not exist: 404
+    if sandbox:  # in production the path does not exist: 404
         test_orders = TestOrders(settings, store, HTTP_STATUS)
-        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": test_orders.handle}))
+        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": with_sandbox_hints(test_orders.handle, "status")}))
         on_shutdown.append(test_orders.close)
     return App(
         routes,
