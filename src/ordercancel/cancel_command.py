@@ -75,13 +75,22 @@ def _refused(error: ApiError, as_json: bool) -> int:
     return EXIT_SERVER_FAILED if failed else EXIT_REFUSED
 
 
+def _say_wait(seconds: float, reason: str) -> None:
+    print(f"ordercancel cancel: {reason}; waiting {seconds:.1f} s before trying again", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.api_code:
         print(f"ordercancel cancel: give --api-code or set {API_CODE_VARIABLE}", file=sys.stderr)
         return EXIT_USAGE
     try:
         client = Client(
-            args.api_code, base_url=args.url, format=args.format, timeout=args.timeout, retries=args.retries
+            args.api_code,
+            base_url=args.url,
+            format=args.format,
+            timeout=args.timeout,
+            retries=args.retries,
+            on_wait=_say_wait,
         )
     except (ValueError, httpx.InvalidURL) as error:
         print(f"ordercancel cancel: {error}", file=sys.stderr)

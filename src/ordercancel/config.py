@@ -6,7 +6,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
+
+import limits
+from limits import RateLimitItem
 
 DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
 
@@ -40,6 +44,12 @@ class Settings:
     key_cache_seconds: float = 5.0
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: Requests per API code, such as `100/second` (None: no limit); a key's own policy overrides it.
+    rate_limit: str | None = None
+    #: Where the rate limits count: None is this process's memory, else a `redis://HOST:PORT/DB` URL.
+    rate_limit_storage: str | None = None
+    #: 401s an address may earn in a minute before it is answered 429 for the rest of that minute.
+    auth_failures: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +65,9 @@ class Settings:
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
+            "rate_limit": env.get("ORDERCANCEL_RATE_LIMIT"),
+            "rate_limit_storage": env.get("ORDERCANCEL_RATE_LIMIT_STORAGE"),
+            "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -115,6 +128,43 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+#: A per-key rate policy that lifts the limit for that key.
+UNLIMITED = "none"
+
+
+def parse_rate(text: str) -> RateLimitItem:
+    """Read a rate such as `100/second` or `1000 per minute`; raise ValueError naming the form."""
+    try:
+        return _parse_rate(text.strip())
+    except ValueError:
+        raise ValueError(f"a rate is a number per second, minute or hour, such as 100/second, not {text!r}") from None
+
+
+@lru_cache(maxsize=1024)
+def _parse_rate(text: str) -> RateLimitItem:
+    item = limits.parse(text)
+    if item.amount < 1:
+        raise ValueError(text)
+    return item
+
+
+def _rate(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parse_rate(text)
+    return text
+
+
+def _redis_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://")):
+        raise ValueError(f"must be a redis://HOST:PORT/DB URL, not {text!r}")
+    return text
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -128,5 +178,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
+    "rate_limit": _rate,
+    "rate_limit_storage": _redis_url,
+    "auth_failures": _positive_int,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -101,6 +101,10 @@ class Metrics:
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
         self.database_errors = 0
+        self.rate_limit_storage_errors = 0
+
+    def count_rate_limit_storage_error(self) -> None:
+        self.rate_limit_storage_errors += 1
 
     def endpoint(self, path: str) -> str:
         return path if path in self._endpoints else OTHER_ENDPOINT
@@ -145,6 +149,10 @@ class Metrics:
             "# HELP ordercancel_database_errors_total Requests that failed on a database error.",
             "# TYPE ordercancel_database_errors_total counter",
             f"ordercancel_database_errors_total {self.database_errors}",
+            "# HELP ordercancel_rate_limit_storage_errors_total Rate-limit checks that failed on their storage"
+            " (the request was served without the limit).",
+            "# TYPE ordercancel_rate_limit_storage_errors_total counter",
+            f"ordercancel_rate_limit_storage_errors_total {self.rate_limit_storage_errors}",
         ]
         return ("\n".join(lines) + "\n").encode()
 
