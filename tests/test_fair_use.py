@@ -242,3 +242,42 @@ def test_requests_are_served_when_redis_is_down_and_health_says_degraded(
     errors = [line for line in metrics.splitlines() if line.startswith("ordercancel_rate_limit_storage_errors_total ")]
     assert errors and float(errors[0].split()[1]) >= 1
     assert logs.count("rate-limit storage failed") == 1  # one line per outage, not one per request
+
+
+# The client ------------------------------------------------------------------------------------
+
+
+def test_the_client_waits_out_retry_after_and_then_succeeds(
+    settings: Settings, engine: Engine, api_code: str, make_order: OrderFactory
+) -> None:
+    from ordercancel.client import Client, TooManyRequests
+
+    service.set_rate_limit(engine, settings.environment, api_code, "1/second")
+    first, second = make_order(), make_order()
+    waits: list[tuple[float, str]] = []
+    with (
+        LiveServer(settings) as live,
+        Client(api_code, base_url=live.url, retries=2, on_wait=lambda s, why: waits.append((s, why))) as client,
+    ):
+        assert client.cancel_by_number(first.order_number).order_number == first.order_number
+        assert client.cancel_by_number(second.order_number).order_number == second.order_number
+        # The second cancellation spent this second's one request: a client that never retries is told.
+        with Client(api_code, base_url=live.url, retries=0) as impatient, pytest.raises(TooManyRequests) as raised:
+            impatient.cancel_by_number("IMC999999")
+    assert waits == [(1.0, "HTTP 429 (Retry-After: 1)")]
+    assert (raised.value.code, raised.value.status_code) == (429, 429)
+
+
+def test_the_cli_says_when_it_waited_for_the_rate_limit(
+    settings: Settings, engine: Engine, api_code: str, make_order: OrderFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ordercancel.cli import main
+
+    service.set_rate_limit(engine, settings.environment, api_code, "1/second")
+    first, second = make_order(), make_order()
+    with LiveServer(settings) as live:
+        for order in (first, second):
+            assert main(["cancel", order.order_number, "--api-code", api_code, "--url", live.url]) == 0
+    err = capsys.readouterr().err
+    assert err.count("waiting 1.0 s before trying again") == 1
+    assert "HTTP 429 (Retry-After: 1)" in err
