@@ -1,10 +1,16 @@
 """Fair use at the edge: a rate limit per API code, and a throttle on failed authentication.
 
-Both count with the `limits` library in fixed windows, in this process's memory by default or in
-Redis (`ORDERCANCEL_RATE_LIMIT_STORAGE`), where one limit holds across every worker and machine.
-Neither may take the service down with it: when the storage fails, requests are served (fail
-open), the health check says `degraded`, a metric counts it, and the storage is left alone for
-`RETRY_STORAGE_AFTER` seconds so that every request does not wait for it to fail again.
+Both count with the `limits` library in fixed windows. The rate limit counts in this process's
+memory by default or in Redis (`ORDERCANCEL_RATE_LIMIT_STORAGE`), where one limit holds across
+every worker and machine. It may not take the service down with it: when the storage fails,
+requests are served (fail open), the health check says `degraded`, a metric counts it, and the
+storage is left alone for `RETRY_STORAGE_AFTER` seconds so that every request does not wait for
+it to fail again. The throttle counts in memory always: it is asked before every look-up, and a
+round trip to Redis for each request would cost more than the look-up it saves.
+
+The counts go through the storage's own `incr` and `get_expiry`: one call for the count, one for
+the window's end, where the library's `FixedWindowRateLimiter` needs two more (measured:
+bench/fairuse_cost.py) to say the same.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
 from ordercancel.config import UNLIMITED, parse_rate
@@ -64,7 +69,7 @@ class FairUse:
         self._default = None if rate_limit is None else parse_rate(rate_limit)
         self._auth_failures = parse_rate(f"{auth_failures}/minute")
         self._storage = MemoryStorage() if storage_url is None else redis_storage(storage_url)
-        self._limiter = FixedWindowRateLimiter(self._storage)
+        self._failures = MemoryStorage()
         self._on_storage_error = on_storage_error
         self._clock = clock
         self._failed_at = -math.inf
@@ -85,45 +90,36 @@ class FairUse:
         item = self._default if policy is None else parse_rate(policy)
         if item is None or not self._storage_usable():
             return ALLOWED
-        identity = f"key:{code_hash}"
+        key = item.key_for("key", code_hash)
         try:
-            allowed = await self._limiter.hit(item, identity)
-            stats = await self._limiter.get_window_stats(item, identity)
+            count = await self._storage.incr(key, item.get_expiry())
+            ends = await self._storage.get_expiry(key)
         except Exception as error:
             self._storage_failed(error)
             return ALLOWED
-        seconds_left = max(1, math.ceil(stats.reset_time - time.time()))
+        seconds_left = max(1, math.ceil(ends - time.time()))
         headers = [
             (b"ratelimit-policy", f'"default";q={item.amount};w={item.get_expiry()}'.encode()),
-            (b"ratelimit", f'"default";r={stats.remaining};t={seconds_left}'.encode()),
+            (b"ratelimit", f'"default";r={max(0, item.amount - count)};t={seconds_left}'.encode()),
         ]
-        if allowed:
+        if count <= item.amount:
             return Verdict(True, headers)
         return Verdict(False, [*headers, (b"retry-after", str(seconds_left).encode())], seconds_left)
 
     async def address_throttled(self, address: str | None) -> Verdict:
         """Refuse an address that failed authentication too often in this minute, before any look-up."""
-        if address is None or not self._storage_usable():
+        if address is None:
             return ALLOWED
-        identity = f"auth:{address}"
-        try:
-            if await self._limiter.test(self._auth_failures, identity):
-                return ALLOWED
-            stats = await self._limiter.get_window_stats(self._auth_failures, identity)
-        except Exception as error:
-            self._storage_failed(error)
+        key = self._auth_failures.key_for("auth", address)
+        if await self._failures.get(key) < self._auth_failures.amount:
             return ALLOWED
-        seconds_left = max(1, math.ceil(stats.reset_time - time.time()))
+        seconds_left = max(1, math.ceil(await self._failures.get_expiry(key) - time.time()))
         return Verdict(False, [(b"retry-after", str(seconds_left).encode())], seconds_left)
 
     async def authentication_failed(self, address: str | None) -> None:
         """Count a 401 against the address that earned it."""
-        if address is None or not self._storage_usable():
-            return
-        try:
-            await self._limiter.hit(self._auth_failures, f"auth:{address}")
-        except Exception as error:
-            self._storage_failed(error)
+        if address is not None:
+            await self._failures.incr(self._auth_failures.key_for("auth", address), self._auth_failures.get_expiry())
 
     def _storage_usable(self) -> bool:
         return self._clock() - self._failed_at >= RETRY_STORAGE_AFTER
