@@ -448,7 +448,7 @@ def test_every_exception_is_an_api_error_or_a_transport_error_under_one_root() -
         assert issubclass(kind, oc.ApiError)
     assert issubclass(oc.ApiError, oc.ClientError)
     assert issubclass(oc.TransportError, oc.ClientError)
-    assert sorted(oc.ERRORS) == [401, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509]
+    assert sorted(oc.ERRORS) == [401, 429, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509]
 
 
 # Configuration -------------------------------------------------------------------------------

@@ -107,6 +107,10 @@ def base_url(given: str | None, environment: str, env: Mapping[str, str] | None 
     return url
 
 
+def _say_wait(seconds: float, reason: str) -> None:
+    print(f"ordercancel cancel: {reason}; waiting {seconds:.1f} s before trying again", file=sys.stderr)
+
+
 def run(args: argparse.Namespace, environment: str = "sandbox") -> int:
     if not args.api_code:
         print(f"ordercancel cancel: give --api-code or set {API_CODE_VARIABLE}", file=sys.stderr)
@@ -117,7 +121,14 @@ def run(args: argparse.Namespace, environment: str = "sandbox") -> int:
         print(f"ordercancel cancel: {error.args[0]}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        client = Client(args.api_code, base_url=url, format=args.format, timeout=args.timeout, retries=args.retries)
+        client = Client(
+            args.api_code,
+            base_url=url,
+            format=args.format,
+            timeout=args.timeout,
+            retries=args.retries,
+            on_wait=_say_wait,
+        )
     except (ValueError, httpx.InvalidURL) as error:
         print(f"ordercancel cancel: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -74,6 +74,14 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys_update(args: argparse.Namespace, settings: Settings) -> int:
+    if args.rate_limit is None:
+        raise CliError("nothing to update: give --rate-limit")
+    stored = service.set_rate_limit(_engine(settings), settings.environment, args.api_code, args.rate_limit)
+    print(f"rate limit: {stored or 'the default (ORDERCANCEL_RATE_LIMIT)'}")
+    return 0
+
+
 JSON_HELP = "print JSON instead of text"
 #: The header rows of the list commands' tab-separated output.
 KEYS_HEADER = ("id", "name", "created", "state")
@@ -88,6 +96,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             "name": key.name,
             "createdAt": key.created_at.isoformat(),
             "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
+            "rateLimit": key.rate_limit,
         }
         for key in keys
     ]
@@ -464,6 +473,14 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--json", action="store_true", help=JSON_HELP)
     revoke = command(keys, "revoke", cmd_keys_revoke, "revoke an API code")
     revoke.add_argument("api_code", metavar="API_CODE", help="the code to revoke: it is refused (401) at once")
+    update_key = command(keys, "update", cmd_keys_update, "change an API code's own limits")
+    update_key.add_argument("api_code", metavar="API_CODE", help="the code to change")
+    update_key.add_argument(
+        "--rate-limit",
+        metavar="RATE",
+        help="requests allowed to this code, such as 500/second; 'none' for no limit, "
+        "'default' to follow ORDERCANCEL_RATE_LIMIT",
+    )
     list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
     list_keys.add_argument("--json", action="store_true", help=JSON_HELP)
 

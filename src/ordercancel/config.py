@@ -6,7 +6,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
+
+import limits
+from limits import RateLimitItem
 
 from ordercancel.domain import parse_guid
 
@@ -69,6 +73,12 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default=())
     #: The sandbox demo's API code, offered by the demo pages (`make run` sets it; never shown in production).
     demo_api_code: str = ""
+    #: Requests per API code, such as `100/second` (None: no limit); a key's own policy overrides it.
+    rate_limit: str | None = None
+    #: Where the rate limits count: None is this process's memory, else a `redis://HOST:PORT/DB` URL.
+    rate_limit_storage: str | None = None
+    #: 401s an address may earn in a minute before it is answered 429 for the rest of that minute.
+    auth_failures: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,6 +96,9 @@ class Settings:
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
             "sqlite_busy_timeout": env.get("ORDERCANCEL_SQLITE_BUSY_TIMEOUT"),
             "demo_api_code": env.get("ORDERCANCEL_DEMO_API_CODE"),
+            "rate_limit": env.get("ORDERCANCEL_RATE_LIMIT"),
+            "rate_limit_storage": env.get("ORDERCANCEL_RATE_LIMIT_STORAGE"),
+            "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -157,6 +170,43 @@ def _guid_or_empty(text: str) -> str:
     return text.lower()
 
 
+#: A per-key rate policy that lifts the limit for that key.
+UNLIMITED = "none"
+
+
+def parse_rate(text: str) -> RateLimitItem:
+    """Read a rate such as `100/second` or `1000 per minute`; raise ValueError naming the form."""
+    try:
+        return _parse_rate(text.strip())
+    except ValueError:
+        raise ValueError(f"a rate is a number per second, minute or hour, such as 100/second, not {text!r}") from None
+
+
+@lru_cache(maxsize=1024)
+def _parse_rate(text: str) -> RateLimitItem:
+    item = limits.parse(text)
+    if item.amount < 1:
+        raise ValueError(text)
+    return item
+
+
+def _rate(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parse_rate(text)
+    return text
+
+
+def _redis_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://")):
+        raise ValueError(f"must be a redis://HOST:PORT/DB URL, not {text!r}")
+    return text
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -172,5 +222,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "key_cache_seconds": _non_negative_float,
     "sqlite_busy_timeout": _non_negative_float,
     "demo_api_code": _guid_or_empty,
+    "rate_limit": _rate,
+    "rate_limit_storage": _redis_url,
+    "auth_failures": _positive_int,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -28,7 +28,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 from xml.etree import ElementTree
@@ -50,6 +50,10 @@ SANDBOX_URL_VARIABLE = "ORDERCANCEL_SANDBOX_URL"
 PRODUCTION_URL_VARIABLE = "ORDERCANCEL_PRODUCTION_URL"
 #: The longest wait between two attempts, in seconds.
 MAX_BACKOFF = 10.0
+#: Answers retried: the server failed (nothing was committed), or asked us to slow down.
+RETRIED_STATUSES = frozenset({429, 500})
+#: Called before each wait between attempts with the seconds it will wait and why.
+WaitHook = Callable[[float, str], None]
 
 Format = Literal["json", "xml"]
 MEDIA_TYPES: dict[str, str] = {"json": "application/json", "xml": "text/xml"}
@@ -156,6 +160,12 @@ class Unauthorized(ApiError):
     codes = (401,)
 
 
+class TooManyRequests(ApiError):
+    """Over a rate limit (429); it was retried, after the server's Retry-After, before this was raised."""
+
+    codes = (429,)
+
+
 class ServerError(ApiError):
     """The server failed (500); it was retried before this was raised."""
 
@@ -212,6 +222,7 @@ ERRORS: dict[int, type[ApiError]] = {
     code: kind
     for kind in (
         Unauthorized,
+        TooManyRequests,
         ServerError,
         BadRequestBody,
         MissingOrderReference,
@@ -343,6 +354,7 @@ class _Base:
         timeout: float = 10.0,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
         if format not in MEDIA_TYPES:
             raise ValueError(f"format must be 'json' or 'xml', not {format!r}")
@@ -355,6 +367,7 @@ class _Base:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self._on_wait = on_wait
         media_type = MEDIA_TYPES[format]
         self._headers = {
             "apiCode": api_code.strip(),
@@ -363,16 +376,26 @@ class _Base:
             "User-Agent": f"ordercancel-client/{__version__}",
         }
 
-    def _delay(self, attempt: int) -> float:
-        """Seconds to wait after a failed attempt: exponential, capped, with jitter."""
-        return min(self.backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+    def _delay(self, attempt: int, outcome: httpx.Response | Exception) -> float:
+        """Seconds to wait after a failed attempt: the server's Retry-After when it gave one, else
+        exponential with jitter; never more than MAX_BACKOFF. Tell the on_wait hook."""
+        delay = min(self.backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+        reason = repr(outcome) if isinstance(outcome, Exception) else f"HTTP {outcome.status_code}"
+        if isinstance(outcome, httpx.Response):
+            retry_after = outcome.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                delay = min(float(retry_after), MAX_BACKOFF)
+                reason += f" (Retry-After: {retry_after})"
+        if self._on_wait is not None:
+            self._on_wait(delay, reason)
+        return delay
 
     def _should_retry(self, outcome: httpx.Response | Exception, attempt: int) -> bool:
         if attempt > self.retries:
             return False
         if isinstance(outcome, Exception):
             return isinstance(outcome, RETRIED_FAILURES)
-        return outcome.status_code == 500
+        return outcome.status_code in RETRIED_STATUSES
 
     @staticmethod
     def _give_up(error: httpx.TransportError, attempts: int) -> TransportError:
@@ -404,23 +427,34 @@ class Client(_Base):
         transport: httpx.BaseTransport | None = None,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
-        super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
+        super().__init__(
+            api_code,
+            base_url=base_url,
+            format=format,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            on_wait=on_wait,
+        )
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
     def _post(self, path: str, content: bytes) -> tuple[httpx.Response, int]:
         attempt = 0
         while True:
             attempt += 1
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.post(path, content=content)
+                outcome = self._http.post(path, content=content)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
+                outcome = error
             else:
-                if not self._should_retry(response, attempt):
-                    return response, attempt
-            time.sleep(self._delay(attempt))
+                if not self._should_retry(outcome, attempt):
+                    return outcome, attempt
+            time.sleep(self._delay(attempt, outcome))
 
     def cancel_by_number(self, order_number: str) -> Cancellation:
         """Cancel an order by its number; raise the refusal's exception when it cannot be."""
@@ -460,23 +494,34 @@ class AsyncClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
-        super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
+        super().__init__(
+            api_code,
+            base_url=base_url,
+            format=format,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            on_wait=on_wait,
+        )
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
     async def _post(self, path: str, content: bytes) -> tuple[httpx.Response, int]:
         attempt = 0
         while True:
             attempt += 1
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.post(path, content=content)
+                outcome = await self._http.post(path, content=content)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
+                outcome = error
             else:
-                if not self._should_retry(response, attempt):
-                    return response, attempt
-            await asyncio.sleep(self._delay(attempt))
+                if not self._should_retry(outcome, attempt):
+                    return outcome, attempt
+            await asyncio.sleep(self._delay(attempt, outcome))
 
     async def cancel_by_number(self, order_number: str) -> Cancellation:
         """Cancel an order by its number; raise the refusal's exception when it cannot be."""
@@ -518,6 +563,7 @@ __all__ = [
     "ProductionStarted",
     "SandboxOrder",
     "ServerError",
+    "TooManyRequests",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",

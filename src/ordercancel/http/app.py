@@ -8,7 +8,7 @@ import re
 
 import orjson
 
-from ordercancel.codecs import CODECS, error_fields, negotiate, outcome_fields, request_codec
+from ordercancel.codecs import CODECS, Negotiated, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import (
     Lookup,
@@ -16,6 +16,7 @@ from ordercancel.domain import (
     MissingOrderNumber,
     Outcome,
     RequestError,
+    TooManyRequests,
     Unauthorized,
     UnknownError,
     WrongOrderId,
@@ -28,6 +29,7 @@ from ordercancel.domain import (
 from ordercancel.http.admin_api import AdminApi
 from ordercancel.http.core import App, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
+from ordercancel.http.fairuse import FairUse
 from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
@@ -40,7 +42,7 @@ METRICS_PATH = "/metrics"
 JSON_CONTENT_TYPE = b"application/json"
 
 #: The one table that maps a refusal to its HTTP status; every other refusal is 200.
-HTTP_STATUS: dict[type[RequestError], int] = {Unauthorized: 401, UnknownError: 500}
+HTTP_STATUS: dict[type[RequestError], int] = {Unauthorized: 401, TooManyRequests: 429, UnknownError: 500}
 
 
 class _HttpError(RequestError):
@@ -156,43 +158,59 @@ def with_sandbox_hints(handler: Handler, field: str) -> Handler:
     return hinted
 
 
-def cancel_handler(store: Store, *, by_id: bool) -> Handler:
+def refused(negotiated: Negotiated, error: RequestError, headers: list[tuple[bytes, bytes]]) -> Response:
+    """Answer a refusal that reached no order, in the negotiated format, with its HTTP status."""
+    body = negotiated.codec.encode(outcome_fields(Outcome(None, None, error)))
+    return Response(HTTP_STATUS.get(type(error), 200), body, negotiated.content_type, list(headers), outcome=error.code)
+
+
+def cancel_handler(store: Store, fair_use: FairUse, *, by_id: bool) -> Handler:
     field = "orderId" if by_id else "orderNumber"
 
     async def cancel(request: Request) -> Response:
         negotiated = negotiate(request.header("accept"))
+        # An address that keeps failing authentication costs no look-up until its minute is over.
+        throttled = await fair_use.address_throttled(request.client)
+        if not throttled.allowed:
+            return refused(negotiated, TooManyRequests(), throttled.headers)
         code_hash = api_key_hash(request)
         # Authentication comes before the body is read: a stranger's body is never parsed.
-        key_id = None if code_hash is None else await store.authenticate(code_hash)
-        request.key_id = key_id
-        if key_id is None:
-            outcome = Outcome(None, None, Unauthorized())
-        else:
-            body = await request.body()
-            echo = None
-            try:
-                value = request_codec(request.header("content-type"), body).field(body, field)
-                echo = None if by_id or value is None else value.strip() or None
-                target: Lookup | RequestError = lookup(value, by_id=by_id)
-            except RequestError as error:
-                target = error
-            outcome = await store.cancel(Attempt(key_id, request.request_id, target, echo))
+        caller = None if code_hash is None else await store.authenticate(code_hash)
+        if caller is None or code_hash is None:
+            await fair_use.authentication_failed(request.client)
+            return refused(negotiated, Unauthorized(), [])
+        key_id = request.key_id = caller.key_id
+        admitted = await fair_use.admit_key(code_hash, caller.rate_limit)
+        if not admitted.allowed:  # before the body is read: nothing is recorded, nothing changes
+            return refused(negotiated, TooManyRequests(), admitted.headers)
+        body = await request.body()
+        echo = None
+        try:
+            value = request_codec(request.header("content-type"), body).field(body, field)
+            echo = None if by_id or value is None else value.strip() or None
+            target: Lookup | RequestError = lookup(value, by_id=by_id)
+        except RequestError as error:
+            target = error
+        outcome = await store.cancel(Attempt(key_id, request.request_id, target, echo))
         status = HTTP_STATUS.get(type(outcome.error), 200) if outcome.error else 200
         body = negotiated.codec.encode(outcome_fields(outcome))
-        return Response(status, body, negotiated.content_type, outcome=outcome.error.code if outcome.error else 0)
+        code = outcome.error.code if outcome.error else 0
+        return Response(status, body, negotiated.content_type, list(admitted.headers), outcome=code)
 
     return cancel
 
 
-def health_handler(store: Store, settings: Settings) -> Handler:
+def health_handler(store: Store, settings: Settings, fair_use: FairUse) -> Handler:
     async def health(request: Request) -> Response:
         try:
             await store.ping()
         except Exception as error:
             body = {"status": "unavailable", "environment": settings.environment.value, "reason": type(error).__name__}
             return Response(503, orjson.dumps(body), JSON_CONTENT_TYPE, failure=error)
+        # Still 200: requests are served (without limits) while the rate-limit storage is down.
+        status = "degraded" if fair_use.degraded else "ok"
         return Response(
-            200, orjson.dumps({"status": "ok", "environment": settings.environment.value}), JSON_CONTENT_TYPE
+            200, orjson.dumps({"status": status, "environment": settings.environment.value}), JSON_CONTENT_TYPE
         )
 
     return health
@@ -224,14 +242,21 @@ def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = No
     """
     endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
     metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
-    by_number, by_id = cancel_handler(store, by_id=False), cancel_handler(store, by_id=True)
+    fair_use = FairUse(
+        rate_limit=settings.rate_limit,
+        auth_failures=settings.auth_failures,
+        storage_url=settings.rate_limit_storage,
+        on_storage_error=metrics.count_rate_limit_storage_error,
+    )
+    by_number = cancel_handler(store, fair_use, by_id=False)
+    by_id = cancel_handler(store, fair_use, by_id=True)
     sandbox = settings.environment is Environment.SANDBOX
     if sandbox:
         by_number, by_id = with_sandbox_hints(by_number, "orderNumber"), with_sandbox_hints(by_id, "orderId")
     routes = [
         Route(BY_NUMBER_PATH, {"POST": by_number}),
         Route(BY_ID_PATH, {"POST": by_id}),
-        Route("/healthz", {"GET": health_handler(store, settings)}),
+        Route("/healthz", {"GET": health_handler(store, settings, fair_use)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),

@@ -130,6 +130,11 @@ class Metrics:
         self._database_errors = Counter(
             "ordercancel_database_errors_total", "Requests that failed on a database error.", registry=registry
         )
+        self._rate_limit_storage_errors = Counter(
+            "ordercancel_rate_limit_storage_errors_total",
+            "Rate-limit checks that failed on their storage (the request was served without the limit).",
+            registry=registry,
+        )
         #: The bound methods to call for each (endpoint, outcome, status): `labels()` costs more
         #: than the increments it leads to. Bounded: our endpoints, outcome codes and statuses.
         self._bound: dict[tuple[str, int | None, int], tuple[Callable[[float], None], Callable[[float], None]]] = {}
@@ -138,6 +143,9 @@ class Metrics:
             self._scraped.register(_WithoutCreated(registry))
         else:
             MultiProcessCollector(self._scraped, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def count_rate_limit_storage_error(self) -> None:
+        self._rate_limit_storage_errors.inc()
 
     def endpoint(self, path: str) -> str:
         return path if path in self._endpoints else OTHER_ENDPOINT

@@ -9,9 +9,9 @@ from __future__ import annotations
 from ordercancel.config import Settings
 from ordercancel.storage.cache import RememberedKeys
 from ordercancel.storage.sqlite import SqliteStore
-from ordercancel.storage.steps import Attempt, Store
+from ordercancel.storage.steps import Attempt, Caller, Store
 
-__all__ = ["Attempt", "RememberedKeys", "SqliteStore", "Store", "open_store"]
+__all__ = ["Attempt", "Caller", "RememberedKeys", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

@@ -15,7 +15,7 @@ from typing import cast
 from ordercancel.config import Environment
 from ordercancel.domain import Outcome
 from ordercancel.storage.database import SQLITE_BUSY_TIMEOUT, configure_sqlite, sqlite_timestamp, utcnow
-from ordercancel.storage.steps import SQLITE_STATEMENTS, Attempt, Clock, cancellation_steps
+from ordercancel.storage.steps import SQLITE_STATEMENTS, Attempt, Caller, Clock, caller, cancellation_steps
 
 
 def cancel_in_transaction(connection: sqlite3.Connection, attempt: Attempt, now: str) -> Outcome:
@@ -323,10 +323,10 @@ class SqliteStore:
         if not self._writer.alive():
             raise WriterStopped
 
-    async def authenticate(self, code_hash: str) -> int | None:
+    async def authenticate(self, code_hash: str) -> Caller | None:
         params = {"hash": code_hash, "environment": self._environment}
         row = self._read().execute(SQLITE_STATEMENTS.authenticate, params).fetchone()
-        return None if row is None else int(row[0])
+        return caller(row)
 
     async def cancel(self, attempt: Attempt) -> Outcome:
         now = sqlite_timestamp(self._clock())
