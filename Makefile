@@ -8,7 +8,7 @@ export ORDERCANCEL_ENVIRONMENT ?= sandbox
 # make bench also measures PostgreSQL here (a scratch database is created); empty it to skip.
 BENCH_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install run test check lint format clean bench
+.PHONY: install run test test-fast check lint format clean bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,21 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# make run keeps its database in the clone (var/), and hands the demo's API code to the server
+# (through var/demo.env) so that the sandbox's demo pages can offer it.
+RUN_DATABASE_URL ?= sqlite:///$(CURDIR)/var/ordercancel.db
+
 run: install
-	$(BIN)/ordercancel db upgrade
-	$(BIN)/ordercancel demo --host $(HOST) --port $(PORT)
-	$(BIN)/ordercancel serve --host $(HOST) --port $(PORT)
+	$(BIN)/ordercancel db upgrade --database-url '$(RUN_DATABASE_URL)'
+	$(BIN)/ordercancel demo --database-url '$(RUN_DATABASE_URL)' --host $(HOST) --port $(PORT) --env-file var/demo.env
+	. ./var/demo.env && exec $(BIN)/ordercancel serve --database-url '$(RUN_DATABASE_URL)' --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The lane to run while editing: SQLite and in-thread servers only (no browser, PostgreSQL or `serve` subprocess).
+test-fast: install
+	$(BIN)/pytest -q -m "not postgres and not browser and not subprocess" $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check src tests bench

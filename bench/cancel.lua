@@ -4,8 +4,9 @@
 -- bench.py seeds them. Once all COUNT have been sent, or SECONDS have passed, the connections
 -- only ask for /healthz (never an order twice) and the thread stops as soon as every
 -- cancellation sent has been answered: nothing is left in flight that the database check
--- would count and we would not. The rate is taken between the first request and the last
--- answer, by the monotonic clock; wrk's own -d is only the outer bound.
+-- would count and we would not. It then prints "BENCH-DRAINED", on which bench.py interrupts
+-- wrk (whose main thread would otherwise sleep out all of -d, the outer bound of the drain).
+-- The rate is taken between the first request and the last answer, by the monotonic clock.
 -- done() prints one line starting with "BENCH " holding JSON that bench.py reads.
 --
 -- Environment: BENCH_API_CODE, BENCH_FORMAT (json | xml), BENCH_PREFIX, BENCH_WIDTH,
@@ -84,10 +85,23 @@ function request()
    return wrk.format("POST", path, headers, body)
 end
 
+local drained = false
+local function stop_when_drained()
+   if not drained and sent >= count and canceled + refused + failed >= count then
+      drained = true
+      io.write("BENCH-DRAINED\n")
+      io.stdout:flush()
+      wrk.thread:stop()
+   end
+end
+
 function response(status, headers, body)
    if string.find(body, "isCanceled", 1, true) == nil then
       if status ~= 200 then strays = strays + 1 end
-      return -- a /healthz answer after the orders ran out (every cancellation answer says isCanceled)
+      -- a /healthz answer after the orders ran out (every cancellation answer says isCanceled);
+      -- the last cancellation may have been answered before count was lowered to what was sent
+      stop_when_drained()
+      return
    elseif status ~= 200 then
       failed = failed + 1
    elseif mode == "noop" then
@@ -100,9 +114,7 @@ function response(status, headers, body)
       codes[code] = (codes[code] or 0) + 1
    end
    finished = now()
-   if canceled + refused + failed >= count and sent >= count then
-      wrk.thread:stop()
-   end
+   stop_when_drained()
 end
 
 function done(summary, latency, requests)

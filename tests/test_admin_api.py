@@ -8,7 +8,9 @@ from sqlalchemy import Engine
 
 from ordercancel.domain import ProcessingStarted
 from ordercancel.storage import service
-from tests.conftest import ADMIN_TOKEN, LiveServer, OrderFactory
+from tests.support.live import ADMIN_TOKEN, LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_NUMBER
 
 
 def test_the_admin_api_is_not_there_when_no_token_is_configured(http: httpx.Client, make_order: OrderFactory) -> None:
@@ -188,7 +190,7 @@ def test_a_claimed_order_is_refused_509_until_released_and_then_cancelled(
 
     def cancel() -> dict[str, object]:
         body: dict[str, object] = admin_http.post(
-            "/web-api/order/CancelOrderByNumber",
+            BY_NUMBER,
             json={"orderNumber": order.order_number},
             headers={"apiCode": api_code, "Accept": "application/json", "Authorization": ""},
         ).json()

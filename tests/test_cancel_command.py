@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ from ordercancel.config import Settings
 from ordercancel.domain import ProductionStatus
 from ordercancel.storage import service
 from ordercancel.storage.schema import cancellation_attempts
-from tests.conftest import LiveServer, OrderFactory
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.serving import free_port
 
 
 def cancel(*args: str) -> int:
@@ -82,13 +83,13 @@ def test_the_api_code_can_come_from_the_environment(
 
 
 def test_no_answer_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert cancel("IMC000001", "--api-code", "x", "--url", url, "--retries", "1") == 4
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("ordercancel cancel: no answer after 2 attempts: ConnectError(")
+    waited, gave_up = captured.err.splitlines()  # it says when it waits before trying again
+    assert waited.startswith("ordercancel cancel: ConnectError(") and "waiting" in waited
+    assert gave_up.startswith("ordercancel cancel: no answer after 2 attempts: ConnectError(")
 
 
 def test_a_server_failure_exits_5(
@@ -117,6 +118,7 @@ def test_a_usage_error_exits_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_the_installed_command_exits_with_the_documented_status(
     server: LiveServer, api_code: str, make_order: OrderFactory
 ) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from ordercancel.domain import ProductionStatus
 from ordercancel.http.app import create_app
 from ordercancel.storage import Store, database, open_store, service
 from ordercancel.storage.schema import cancellation_attempts
-from tests.conftest import LiveServer
+from tests.support.live import LiveServer
+from tests.support.serving import free_port
 
 # The deployment: one database, the app in this process and the same app on uvicorn ------------
 
@@ -364,15 +365,22 @@ def test_a_connection_lost_before_the_server_saw_the_request_is_retried(
 
 @pytest.mark.parametrize("proxy", ["drop-answer"], indirect=True)
 @pytest.mark.parametrize("mode", ["sync-tcp", "async-tcp"])
-def test_a_507_after_a_lost_answer_is_marked_retried_because_the_first_attempt_cancelled_the_order(
+def test_a_lost_answer_is_retried_with_the_same_idempotency_key_and_the_success_is_told_again(
     deployment: Deployment, proxy: FlakyProxy, mode: str
 ) -> None:
+    # Before Idempotency-Key, this retry found the order cancelled and raised a 507 marked
+    # `retried`; now the call's one key makes the retry the first attempt's success again.
     order = deployment.order()
-    with pytest.raises(oc.AlreadyCancelled) as raised:
-        Api(deployment, mode, "xml", base_url=proxy.url).call("cancel_by_number", order.order_number)
-    assert (raised.value.attempts, raised.value.retried) == (2, True)
-    assert attempts_recorded(deployment.engine, order) == [0, 507]  # the first attempt did cancel it
+    result = Api(deployment, mode, "xml", base_url=proxy.url).call("cancel_by_number", order.order_number)
+    assert (result.order_number, result.attempts, result.replayed) == (order.order_number, 2, True)
+    assert attempts_recorded(deployment.engine, order) == [0, 0]  # the first did it; the second is its replay
     assert service.find_order(deployment.engine, order.order_id).status is ProductionStatus.CANCELLED
+
+
+def test_a_507_after_more_than_one_attempt_still_says_it_was_retried() -> None:
+    # For a server that keeps no Idempotency-Keys: the client's older way of telling the same story.
+    assert oc.AlreadyCancelled(507, "m", status_code=200, attempts=2).retried is True
+    assert oc.AlreadyCancelled(507, "m", status_code=200, attempts=1).retried is False
 
 
 def test_a_refusal_is_never_retried(deployment: Deployment) -> None:
@@ -383,15 +391,9 @@ def test_a_refusal_is_never_retried(deployment: Deployment) -> None:
     assert attempts_recorded(deployment.engine, order) == [507]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("mode", ["sync-tcp", "async-tcp"])
 def test_no_server_at_all_raises_transport_error_after_every_retry(deployment: Deployment, mode: str) -> None:
-    api = Api(deployment, mode, "json", base_url=f"http://127.0.0.1:{_free_port()}", retries=3)
+    api = Api(deployment, mode, "json", base_url=f"http://127.0.0.1:{free_port()}", retries=3)
     with pytest.raises(oc.TransportError) as raised:
         api.call("cancel_by_number", "IMC000001")
     assert raised.value.attempts == 4
@@ -453,7 +455,7 @@ def test_every_exception_is_an_api_error_or_a_transport_error_under_one_root() -
         assert issubclass(kind, oc.ApiError)
     assert issubclass(oc.ApiError, oc.ClientError)
     assert issubclass(oc.TransportError, oc.ClientError)
-    assert sorted(oc.ERRORS) == [401, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509]
+    assert sorted(oc.ERRORS) == [400, 401, 409, 422, 429, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509]
 
 
 # Configuration -------------------------------------------------------------------------------
@@ -502,6 +504,7 @@ print(sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED |
 """
 
 
+@pytest.mark.subprocess
 def test_the_client_imports_and_works_with_the_server_dependencies_absent(deployment: Deployment) -> None:
     order = deployment.order()
     done = subprocess.run(
@@ -527,6 +530,7 @@ def test_the_client_imports_and_works_with_the_server_dependencies_absent(deploy
     ]
 
 
+@pytest.mark.subprocess
 def test_the_blocker_really_blocks_a_server_module(deployment: Deployment) -> None:
     script = _BLOCKED_IMPORTS.replace(
         "from ordercancel.client import", "import ordercancel.http.app\nfrom ordercancel.client import"
@@ -540,3 +544,134 @@ def test_the_blocker_really_blocks_a_server_module(deployment: Deployment) -> No
     )
     assert done.returncode != 0
     assert "is blocked" in done.stderr
+
+
+# The sandbox's hint header --------------------------------------------------------------------
+
+UNKNOWN_CODE = "0f8fad5b-d9cb-469f-a165-70867728950e"
+JSON_BODY = {"Content-Type": "application/json", "Accept": "application/json"}
+
+#: (case, path, headers without the API code, body, whether to send the real API code, the hint).
+HINT_CASES: list[tuple[str, str, dict[str, str], bytes, str | None, str]] = [
+    (
+        "curl -d's form type",
+        oc.BY_NUMBER_PATH,
+        {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+        b'{"orderNumber": "IMC000001"}',
+        "real",
+        "Content-Type application/x-www-form-urlencoded is not accepted: send application/json or text/xml",
+    ),
+    ("no apiCode", oc.BY_NUMBER_PATH, JSON_BODY, b'{"orderNumber": "IMC000001"}', None, "no apiCode header"),
+    ("apiCode not a GUID", oc.BY_ID_PATH, JSON_BODY, b"{}", "not-a-guid", "apiCode is not a GUID"),
+    (
+        "unknown apiCode",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b"{}",
+        UNKNOWN_CODE,
+        "apiCode is not a sandbox code: it is unknown or revoked (a production code is unknown here)",
+    ),
+    (
+        "no Content-Type, a form body",
+        oc.BY_NUMBER_PATH,
+        {"Accept": "application/json"},
+        b"orderNumber=IMC000001",
+        "real",
+        "no Content-Type, and the body starts with neither { nor <: send Content-Type application/json or text/xml",
+    ),
+    (
+        "a misspelt field",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b'{"OrderNumber": "IMC000001"}',
+        "real",
+        "the body has no orderNumber: field names are case-sensitive",
+    ),
+    (
+        "an order nobody has",
+        oc.BY_NUMBER_PATH,
+        JSON_BODY,
+        b'{"orderNumber": "NOBODY-1"}',
+        "real",
+        "no order with this orderNumber belongs to your apiCode: create one with POST /web-api/sandbox/orders",
+    ),
+    (
+        "Accept */*",
+        oc.BY_NUMBER_PATH,
+        {"Content-Type": "application/json", "Accept": "*/*"},
+        b'{"orderNumber": "NOBODY-1"}',
+        "real-order",
+        "Accept */* was answered as text/xml, the documented default",
+    ),
+    (
+        "no Accept",
+        oc.BY_ID_PATH,
+        {"Content-Type": "application/json"},
+        b"",
+        "real-order",
+        "no Accept header was answered as text/xml, the documented default",
+    ),
+    ("no apiCode, test order", oc.TEST_ORDERS_PATH, JSON_BODY, b"{}", None, "no apiCode header"),
+]
+
+
+def _hint_request(
+    server: LiveServer, code: str, order: domain.Order, case: tuple[str, str, dict[str, str], bytes, str | None, str]
+) -> httpx.Response:
+    _, path, headers, body, which, _ = case
+    headers = dict(headers)
+    if which is not None:
+        headers["apiCode"] = code if which.startswith("real") else which
+    if which == "real-order":  # a cancellable order of this code, by number or by ID
+        field = "orderId" if path == oc.BY_ID_PATH else "orderNumber"
+        value = order.order_id if field == "orderId" else order.order_number
+        body = f'{{"{field}": "{value}"}}'.encode()
+    with httpx.Client(timeout=10) as http:
+        if "Accept" not in headers:
+            del http.headers["accept"]  # httpx sends */* unless told not to
+        return http.post(server.url + path, headers=headers, content=body)
+
+
+@pytest.mark.parametrize("case", HINT_CASES, ids=[case[0] for case in HINT_CASES])
+def test_the_sandbox_explains_a_refusal_in_a_hint_header_and_production_never_does(
+    settings: Settings, engine: Engine, case: tuple[str, str, dict[str, str], bytes, str | None, str]
+) -> None:
+    answers = {}
+    for environment in (Environment.SANDBOX, Environment.PRODUCTION):
+        code = service.create_key(engine, environment, "hints")
+        order = service.create_order(engine, environment, code)
+        with LiveServer(replace(settings, environment=environment)) as server:
+            answers[environment] = _hint_request(server, code, order, case)
+    sandbox, production = answers[Environment.SANDBOX], answers[Environment.PRODUCTION]
+    assert sandbox.headers.get("x-ordercancel-hint") == case[5]
+    assert "x-ordercancel-hint" not in production.headers
+    if case[1] == oc.TEST_ORDERS_PATH:  # not there at all in production
+        assert production.status_code == 404
+        return
+    # The wire answer stays as published: the same status and body in both (apart from the order's own values).
+    assert sandbox.status_code == production.status_code
+    assert sandbox.headers["content-type"] == production.headers["content-type"]
+    if case[4] != "real-order":
+        assert sandbox.content == production.content
+
+
+def test_a_well_formed_json_request_gets_no_hint(deployment: Deployment) -> None:
+    order = deployment.order()
+    response = httpx.post(
+        deployment.server.url + oc.BY_NUMBER_PATH,
+        headers={**JSON_BODY, "apiCode": deployment.api_code},
+        json={"orderNumber": order.order_number},
+    )
+    assert response.json()["isCanceled"] is True
+    assert "x-ordercancel-hint" not in response.headers
+
+
+def test_the_clients_error_message_carries_the_sandbox_hint(api: Api) -> None:
+    with pytest.raises(oc.Unauthorized) as refused:
+        api.call("cancel_by_number", "IMC000001", api_code="not-a-guid")
+    assert refused.value.message == "Unauthorized"  # the server's own, unchanged
+    assert refused.value.hint == "apiCode is not a GUID"
+    assert str(refused.value) == "401: Unauthorized (sandbox hint: apiCode is not a GUID)"
+    with pytest.raises(oc.OrderNotFound) as unknown:
+        api.call("cancel_by_number", "NOBODY-2")
+    assert "(sandbox hint: no order with this orderNumber belongs to your apiCode" in str(unknown.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,12 @@ from sqlalchemy import Engine, text
 from ordercancel.config import Settings
 from ordercancel.domain import AlreadyCancelled, ProcessingStarted, ProductionStatus
 from ordercancel.storage import service
-from tests.conftest import ADMIN_TOKEN, OrderFactory
+from tests.support.live import ADMIN_TOKEN
+from tests.support.orders import OrderFactory
+from tests.support.serving import free_port
+from tests.support.wire import BY_NUMBER
 
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
 WORKERS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def workers(pid: int) -> list[int]:
@@ -103,11 +98,13 @@ async def _cancel(client: httpx.AsyncClient, api_code: str, number: str) -> dict
     return body
 
 
+@pytest.mark.subprocess
 def test_serve_with_four_workers_runs_four_processes_sharing_the_port(four_workers: ServeProcess) -> None:
     assert len(workers(four_workers.process.pid)) == WORKERS
     assert httpx.get(f"{four_workers.url}/healthz").json()["status"] == "ok"
 
 
+@pytest.mark.subprocess
 def test_of_fifty_concurrent_cancellations_through_four_workers_exactly_one_succeeds(
     four_workers: ServeProcess, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:
@@ -134,6 +131,7 @@ ORDERS = 200
 RACES_AT_ONCE = 16
 
 
+@pytest.mark.subprocess
 def test_a_cancellation_and_a_claim_racing_for_each_of_200_orders_never_both_win(
     four_workers: ServeProcess, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:

@@ -1,4 +1,4 @@
-"""The wire contract (../shared/CONTRACT.md), row by row, against the real app over HTTP.
+"""The wire contract (docs/contract.md), row by row, against the real app over HTTP.
 
 Every behavioural test runs on both endpoints and in both formats.
 """
@@ -15,25 +15,12 @@ from ordercancel.config import Environment, Settings
 from ordercancel.domain import Order
 from ordercancel.storage import service
 from ordercancel.storage.schema import cancellation_attempts, orders
-from tests.conftest import OrderFactory
-from tests.wire import BY_ID, BY_NUMBER, MEDIA, Caller, decode
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_ID, BY_NUMBER, MEDIA, MESSAGES, Caller, decode
 
 FORMATS = ["json", "xml"]
 ENDPOINTS = [BY_NUMBER, BY_ID]
 
-MESSAGES = {
-    401: "Unauthorized",
-    500: "Unknown Error. Try again later. If the problem persists, please contact us.",
-    501: "Wrong request body. Check if all parameters set correctly.",
-    502: "Please, send OrderId of order you want to cancel.",
-    503: "Please, send OrderNumber of order you want to cancel.",
-    504: "Wrong OrderId has been applied.",
-    505: "Wrong OrderNumber has been applied.",
-    506: "Order was not placed correctly. Contact us for more details.",
-    507: "Order has already been cancelled before.",
-    508: "Impossible to cancel order. Production has already been started. Contact us for more details.",
-    509: "Impossible to cancel order. Order processing has already been started. Contact us for more details.",
-}
 NOT_FOUND = {BY_NUMBER: 505, BY_ID: 504}
 MISSING = {BY_NUMBER: 503, BY_ID: 502}
 

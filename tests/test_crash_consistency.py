@@ -28,8 +28,12 @@ from ordercancel.config import Environment, Settings
 from ordercancel.storage import database, service
 from ordercancel.storage.database import utcnow
 from ordercancel.storage.schema import orders
-from tests.conftest import connect_postgres
-from tests.serving import ServeProcess
+from tests.support.postgres import connect_postgres
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_NUMBER
+
+#: Each test here starts `ordercancel serve` in a subprocess: outside `make test-fast`.
+pytestmark = pytest.mark.subprocess
 
 KILLS = int(os.environ.get("ORDERCANCEL_CRASH_KILLS", "3"))
 ORDERS = 400 + 800 * KILLS
@@ -67,7 +71,7 @@ def _postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield from _sqlite_url(migrated_sqlite, tmp_path)
@@ -86,7 +90,7 @@ def _client(
                 return
             try:
                 response = http.post(
-                    "/web-api/order/CancelOrderByNumber",
+                    BY_NUMBER,
                     json={"orderNumber": number},
                     headers={"apiCode": api_code, "Accept": "application/json"},
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +18,10 @@ from sqlalchemy import Engine
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import ProductionStatus
 from ordercancel.storage import service
-from tests.conftest import LiveServer, OrderFactory
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
 BY_NUMBER_PAGE = "/api/demo/order-cancellation-by-number-api.htm"
 BY_ID_PAGE = "/api/demo/order-cancellation-by-id-api.htm"
@@ -100,6 +104,7 @@ def browser() -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to read the console
     with tempfile.TemporaryDirectory(prefix="ordercancel-chromium-") as profile:
         options.add_argument(f"--user-data-dir={profile}")
         driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -177,7 +182,7 @@ def test_a_json_cancellation_by_number_shows_the_exchange_with_the_api_code_mask
     assert outcome == f"Cancelled: order {order.order_number} ({order.order_id})."
 
     request = page.text("request")
-    assert request.startswith("POST /web-api/order/CancelOrderByNumber HTTP/1.1\n")
+    assert request.startswith(f"POST {BY_NUMBER} HTTP/1.1\n")
     assert f"apiCode: {masked(api_code)}" in request
     assert api_code not in request and api_code[4:-4] not in page.source()
     assert "Content-Type: application/json" in request
@@ -206,7 +211,7 @@ def test_an_xml_cancellation_by_id_shows_the_pretty_printed_xml_answer(
     page.click_and_wait("send", f"Cancelled: order {order.order_number} ({order.order_id}).")
 
     request = page.text("request")
-    assert request.startswith("POST /web-api/order/CancelOrderById HTTP/1.1\n")
+    assert request.startswith(f"POST {BY_ID} HTTP/1.1\n")
     assert "Content-Type: text/xml" in request
     assert f"<CancelOrderByIdRequest>\n  <orderId>{order.order_id}</orderId>\n</CancelOrderByIdRequest>" in request
     response = page.text("response")
@@ -269,3 +274,120 @@ def test_the_sandbox_form_creates_a_test_order_that_then_gives_its_outcome(
 
     page.click_and_wait("send", "Not cancelled. 509: Impossible to cancel order. Order processing has already")
     page.screenshot("sandbox-test-order-then-509")
+
+
+# The sandbox's front page, the favicon, the demo code ------------------------------------------
+
+DEMO_CODE = "5f3c2a1e-8b7d-4c6e-9f0a-1b2c3d4e5f60"
+
+
+def test_the_sandbox_front_page_points_to_the_demo_pages_and_production_has_none(settings: Settings) -> None:
+    with LiveServer(settings) as sandbox:
+        index = httpx.get(sandbox.url + "/")
+        assert index.status_code == 200
+        assert index.headers["content-type"] == "text/html; charset=utf-8"
+        assert f'href="{BY_NUMBER_PAGE}"' in index.text and f'href="{BY_ID_PAGE}"' in index.text
+        assert "default-src 'none'" in index.headers["content-security-policy"]
+    with LiveServer(replace(settings, environment=Environment.PRODUCTION)) as production:
+        assert httpx.get(production.url + "/").status_code == 404
+
+
+def test_the_demo_pages_name_a_favicon_that_is_served(http: httpx.Client) -> None:
+    page = http.get(BY_NUMBER_PAGE).text
+    assert '<link rel="icon" href="favicon.svg"' in page
+    icon = http.get("/api/demo/favicon.svg")
+    assert (icon.status_code, icon.headers["content-type"]) == (200, "image/svg+xml")
+    assert icon.text.startswith("<svg")
+
+
+def test_the_demo_code_is_offered_only_in_the_sandbox_and_only_when_configured(settings: Settings) -> None:
+    with LiveServer(settings) as plain:
+        assert 'id="use-demo-code"' not in httpx.get(plain.url + BY_NUMBER_PAGE).text
+    with LiveServer(replace(settings, demo_api_code=DEMO_CODE)) as demo:
+        page = httpx.get(demo.url + BY_ID_PAGE).text
+        assert f'id="use-demo-code" type="button" class="secondary" data-code="{DEMO_CODE}"' in page
+    production = replace(settings, environment=Environment.PRODUCTION, demo_api_code=DEMO_CODE)
+    with LiveServer(production) as live:
+        page = httpx.get(live.url + BY_NUMBER_PAGE).text
+        assert "use-demo-code" not in page and DEMO_CODE not in page
+
+
+def test_the_demo_code_comes_from_the_environment_and_must_be_a_guid() -> None:
+    assert Settings.from_env({"ORDERCANCEL_DEMO_API_CODE": DEMO_CODE.upper()}).demo_api_code == DEMO_CODE
+    with pytest.raises(ValueError, match="ORDERCANCEL_DEMO_API_CODE: must be an API code"):
+        Settings.from_env({"ORDERCANCEL_DEMO_API_CODE": "demo"})
+
+
+@pytest.mark.browser
+def test_an_empty_api_code_is_not_sent_and_the_page_says_what_is_missing(browser: Any, server: LiveServer) -> None:
+    page = DemoPage(browser, server.url + BY_NUMBER_PAGE)
+    page.type("order-ref", "IMC000001")
+    outcome = page.click_and_wait("send", "Not sent")
+    assert outcome == "Not sent: the API code is missing. Paste yours above."
+    assert page.text("request") == "" and page.text("response") == ""
+
+
+@pytest.mark.browser
+def test_the_page_shows_the_sandbox_hint_of_a_refusal(browser: Any, server: LiveServer) -> None:
+    page = DemoPage(browser, server.url + BY_NUMBER_PAGE)
+    page.type("api-code", "not-a-guid")
+    page.type("order-ref", "IMC000001")
+    page.choose("accept", "application/json")
+    page.click_and_wait("send", "Not cancelled. 401: Unauthorized")
+    assert page.text("hint") == "Hint: apiCode is not a GUID"
+    assert "x-ordercancel-hint: apiCode is not a GUID" in page.text("response")
+
+
+def _outside_their_cards(driver: Any) -> list[str]:
+    """Name every form control that pokes out of the card (section) that holds it."""
+    return list(
+        driver.execute_script(
+            """
+            const out = [];
+            for (const control of document.querySelectorAll("section input, section select, section button")) {
+              const card = control.closest("section").getBoundingClientRect();
+              const box = control.getBoundingClientRect();
+              if (box.left < card.left || box.right > card.right) out.push(control.id || control.name);
+            }
+            if (document.documentElement.scrollWidth > window.innerWidth) out.push("the page scrolls sideways");
+            return out;
+            """
+        )
+    )
+
+
+@pytest.mark.browser
+def test_the_page_served_by_make_run_offers_the_demo_code_fits_420_px_and_loads_without_a_404(
+    browser: Any, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    if settings.sqlite_path() is None:
+        pytest.skip("one real `ordercancel serve` is enough: the SQLite variant")
+    code = service.create_key(engine, settings.environment, "demo")
+    # `ordercancel serve` itself, as make run starts it: no `server` header, the demo code handed down.
+    serve = ServeProcess(settings.database_url, tmp_path / "serve.log", env={"ORDERCANCEL_DEMO_API_CODE": code})
+    browser.set_window_size(420, 1400)
+    try:
+        with serve:
+            browser.get_log("browser")  # drop what earlier pages logged
+            page = DemoPage(browser, serve.url + "/")
+            assert "Order Cancellation by Number API demo" in page.source()
+            page = DemoPage(browser, serve.url + BY_NUMBER_PAGE)
+            page.click_and_wait("use-demo-code", "The demo API code is filled in")
+            assert page.value("api-code") == code
+            page.choose("request-format", "application/json")
+            page.choose("accept", "application/json")
+            page.click_and_wait("create-test-order", "Test order")
+            number = page.value("order-ref")
+            outcome = page.click_and_wait("send", "Cancelled")
+            assert outcome.startswith(f"Cancelled: order {number} (")
+            response = page.text("response")
+            assert "x-ordercancel-environment: sandbox" in response
+            assert "server:" not in response.lower()
+            assert _outside_their_cards(browser) == []
+            problems = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+            assert problems == []
+            shot = page.screenshot("make-run-page-420px")
+        # The documentation's picture is this page at 420 px: retaken on every run, committed when it changes.
+        shutil.copy(shot, OUTPUT / "demo-page.png")
+    finally:
+        browser.set_window_size(1280, 1150)

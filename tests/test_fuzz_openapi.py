@@ -29,10 +29,12 @@ from sqlalchemy import Engine, text
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import Order
 from ordercancel.storage import database, service
-from tests.serving import ServeProcess
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
+#: Each test here starts `ordercancel serve` in a subprocess: outside `make test-fast`.
+pytestmark = pytest.mark.subprocess
+
 SANDBOX_ORDERS = "/web-api/sandbox/orders"
 EXAMPLES = int(os.environ.get("ORDERCANCEL_FUZZ_EXAMPLES", "30"))
 REPORT = os.environ.get("ORDERCANCEL_FUZZ_REPORT")

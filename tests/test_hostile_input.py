@@ -24,11 +24,13 @@ from sqlalchemy import Engine, text
 from ordercancel import domain
 from ordercancel.config import Environment, Settings
 from ordercancel.storage import database, service
-from tests import rawhttp
-from tests.serving import ServeProcess
+from tests.support import rawhttp
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
+#: Each test here starts `ordercancel serve` in a subprocess: outside `make test-fast`.
+pytestmark = pytest.mark.subprocess
+
 #: Orders the corpus aims at: several attacks try to smuggle these numbers past the parser.
 TARGETS = ("IMC100000", "IMC100001", "IMC100002")
 MESSAGES = {
@@ -257,18 +259,18 @@ def test_head_gets_405_and_no_body(target: Target) -> None:
     assert (response.status, response.headers["allow"], response.body) == (405, "POST", b"")
 
 
-@pytest.mark.parametrize(
-    ("name", "headers", "status", "code"),
-    [
-        ("api-code-repeated", [("apiCode", "0f8fad5b-d9cb-469f-a165-70867728950e")] * 400, 401, 401),
-        ("api-code-not-latin", [("apiCode", "0f8fad5b-d9cb-469f-a165-\u00e9\u00e9\u00e9\u00e9\u00e9")], 401, 401),
-        ("api-code-huge", [("apiCode", "0" * 30_000)], 401, 401),
-        ("accept-huge", [("Accept", "application/x-junk;q=0.1, " * 1_000)], 401, 401),
-        ("many-distinct-headers", [(f"X-Junk-{i}", "v") for i in range(1_500)], 401, 401),
-        ("request-id-too-long", [("X-Request-ID", "a" * 1_000)], 401, 401),
-        ("request-id-with-crlf-escape", [("X-Request-ID", "a%0d%0aSet-Cookie:x")], 401, 401),
-    ],
-)
+HOSTILE_HEADERS = [
+    ("api-code-repeated", [("apiCode", "0f8fad5b-d9cb-469f-a165-70867728950e")] * 400, 401, 401),
+    ("api-code-not-latin", [("apiCode", "0f8fad5b-d9cb-469f-a165-\u00e9\u00e9\u00e9\u00e9\u00e9")], 401, 401),
+    ("api-code-huge", [("apiCode", "0" * 30_000)], 401, 401),
+    ("accept-huge", [("Accept", "application/x-junk;q=0.1, " * 1_000)], 401, 401),
+    ("many-distinct-headers", [(f"X-Junk-{i}", "v") for i in range(1_500)], 401, 401),
+    ("request-id-too-long", [("X-Request-ID", "a" * 1_000)], 401, 401),
+    ("request-id-with-crlf-escape", [("X-Request-ID", "a%0d%0aSet-Cookie:x")], 401, 401),
+]
+
+
+@pytest.mark.parametrize(("name", "headers", "status", "code"), HOSTILE_HEADERS)
 def test_hostile_headers_get_their_documented_answer(
     target: Target, name: str, headers: list[tuple[str, str]], status: int, code: int
 ) -> None:
@@ -284,20 +286,20 @@ def test_a_request_id_that_is_not_a_safe_token_is_never_echoed(target: Target) -
     assert response.headers["x-request-id"] != "a b<c>"
 
 
-@pytest.mark.parametrize(
-    ("name", "request_head"),
-    [
-        ("negative-content-length", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
-        ("content-length-not-a-number", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-        (
-            "content-length-and-chunked",
-            b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ),
-        ("header-without-colon", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nNoColonHere\r\n\r\n"),
-        ("nul-in-request-line", b"POST /web-api/order/Cancel\x00OrderByNumber HTTP/1.1\r\n\r\n"),
-        ("unknown-method", b"FOO " + BY_NUMBER.encode() + b" HTTP/1.1\r\n\r\n"),
-    ],
-)
+MALFORMED_HEADS = [
+    ("negative-content-length", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+    ("content-length-not-a-number", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+    (
+        "content-length-and-chunked",
+        b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ),
+    ("header-without-colon", b"POST " + BY_NUMBER.encode() + b" HTTP/1.1\r\nNoColonHere\r\n\r\n"),
+    ("nul-in-request-line", b"POST /web-api/order/Cancel\x00OrderByNumber HTTP/1.1\r\n\r\n"),
+    ("unknown-method", b"FOO " + BY_NUMBER.encode() + b" HTTP/1.1\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_head"), MALFORMED_HEADS)
 def test_a_malformed_request_is_refused_by_the_http_parser_without_a_traceback(
     target: Target, name: str, request_head: bytes
 ) -> None:
@@ -309,15 +311,15 @@ def test_a_malformed_request_is_refused_by_the_http_parser_without_a_traceback(
     assert b"Traceback" not in response.body
 
 
-@pytest.mark.parametrize(
-    ("name", "request_head"),
-    [
-        ("one-huge-header", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * (64 * MIB) + b"\r\n\r\n"),
-        ("endless-headers", b"GET /healthz HTTP/1.1\r\n" + b"X-Junk: a\r\n" * (4 * MIB)),
-        ("huge-url", b"GET /healthz?" + b"a" * (8 * MIB) + b" HTTP/1.1\r\n\r\n"),
-        ("whole-head-in-one-write", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * 40_000 + b"\r\n\r\n"),
-    ],
-)
+HUGE_HEADS = [
+    ("one-huge-header", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * (64 * MIB) + b"\r\n\r\n"),
+    ("endless-headers", b"GET /healthz HTTP/1.1\r\n" + b"X-Junk: a\r\n" * (4 * MIB)),
+    ("huge-url", b"GET /healthz?" + b"a" * (8 * MIB) + b" HTTP/1.1\r\n\r\n"),
+    ("whole-head-in-one-write", b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * 40_000 + b"\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_head"), HUGE_HEADS)
 def test_a_request_head_over_32_kib_is_refused_431_before_it_is_buffered(
     target: Target, name: str, request_head: bytes
 ) -> None:
@@ -361,10 +363,10 @@ def _megabytes(count: int, size: int = MIB) -> Iterator[bytes]:
         yield block
 
 
-@pytest.mark.parametrize(
-    ("name", "megabytes", "framing"),
-    [("10MB-declared", 10, "length"), ("10MB-chunked", 10, "chunked"), ("1GB-chunked", 1024, "chunked")],
-)
+HUGE_BODIES = [("10MB-declared", 10, "length"), ("10MB-chunked", 10, "chunked"), ("1GB-chunked", 1024, "chunked")]
+
+
+@pytest.mark.parametrize(("name", "megabytes", "framing"), HUGE_BODIES)
 def test_a_huge_body_is_refused_413_without_being_read(target: Target, name: str, megabytes: int, framing: str) -> None:
     headers = {"apiCode": target.api_code, "Content-Type": "text/xml", "Accept": "application/json"}
     if framing == "length":
@@ -485,6 +487,18 @@ def test_a_slow_client_does_not_hold_up_the_others(target: Target) -> None:
 
 
 def test_after_every_attack_the_server_is_up_its_memory_bounded_and_no_order_changed(target: Target) -> None:
+    # The corpus is sent (and each answer checked) here again, so this check means the same run alone.
+    for attack in BODY_ATTACKS:
+        test_a_hostile_body_gets_its_documented_answer(target, attack)
+    for name, headers, status, code in HOSTILE_HEADERS:
+        test_hostile_headers_get_their_documented_answer(target, name, headers, status, code)
+    for name, request_head in MALFORMED_HEADS:
+        test_a_malformed_request_is_refused_by_the_http_parser_without_a_traceback(target, name, request_head)
+    for name, request_head in HUGE_HEADS:
+        test_a_request_head_over_32_kib_is_refused_431_before_it_is_buffered(target, name, request_head)
+    for name, megabytes, framing in HUGE_BODIES:
+        test_a_huge_body_is_refused_413_without_being_read(target, name, megabytes, framing)
+    test_a_stranger_streaming_a_gigabyte_is_refused_401_before_the_body_is_read(target)
     process = target.served.process
     assert process is not None
     assert process.poll() is None

@@ -13,9 +13,9 @@ from sqlalchemy import Engine, func, select
 
 from ordercancel.config import Settings
 from ordercancel.storage.schema import cancellation_attempts, orders
-from tests.conftest import LiveServer, OrderFactory
-
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_NUMBER
 
 
 def test_of_many_concurrent_requests_for_one_order_exactly_one_cancels_it(

@@ -13,13 +13,17 @@ from sqlalchemy import Engine
 
 from ordercancel import cli
 from ordercancel.config import Settings
-from tests.conftest import OrderFactory
-from tests.serving import ServeProcess
+from tests.support.orders import OrderFactory
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
 OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(
-    OPENSSL is None and os.environ.get("CI") != "true", reason="needs the openssl command (Debian package openssl)"
-)
+pytestmark = [
+    pytest.mark.subprocess,
+    pytest.mark.skipif(
+        OPENSSL is None and os.environ.get("CI") != "true", reason="needs the openssl command (Debian package openssl)"
+    ),
+]
 
 
 @pytest.fixture
@@ -67,12 +71,12 @@ def test_both_endpoints_answer_over_tls(
     with tls_server, tls_server.client(timeout=10) as https:
         assert tls_server.url.startswith("https://")
         first = https.post(
-            "/web-api/order/CancelOrderByNumber",
+            BY_NUMBER,
             json={"orderNumber": by_number.order_number},
             headers={"apiCode": api_code, "Accept": "application/json"},
         )
         second = https.post(
-            "/web-api/order/CancelOrderById",
+            BY_ID,
             content=f"<r><orderId>{by_id.order_id}</orderId></r>".encode(),
             headers={"apiCode": api_code, "Content-Type": "text/xml"},
         )

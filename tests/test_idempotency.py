@@ -18,12 +18,12 @@ from ordercancel.config import Settings
 from ordercancel.domain import ProductionStatus
 from ordercancel.storage import service
 from ordercancel.storage.schema import cancellation_attempts, idempotency_keys, orders
-from tests import rawhttp
-from tests.conftest import LiveServer, OrderFactory
-from tests.serving import ServeProcess
+from tests.support import rawhttp
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 XML = {"Content-Type": "text/xml", "Accept": "text/xml"}
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
@@ -290,6 +290,7 @@ def four_workers(settings: Settings, tmp_path: Path) -> ServeProcess:
     return serve.start(timeout=90)
 
 
+@pytest.mark.subprocess
 def test_fifty_concurrent_requests_with_one_key_for_one_order_cancel_it_once(
     four_workers: ServeProcess, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:
@@ -316,6 +317,7 @@ def test_fifty_concurrent_requests_with_one_key_for_one_order_cancel_it_once(
     assert service.find_order(engine, order.order_number).status is ProductionStatus.CANCELLED
 
 
+@pytest.mark.subprocess
 def test_fifty_orders_sharing_one_key_execute_only_one(
     four_workers: ServeProcess, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from ordercancel.cli import main
 from ordercancel.config import Environment, Settings
 from ordercancel.storage import database, importer, service
 from ordercancel.storage.schema import orders
-
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
+from tests.support.wire import BY_NUMBER
 
 
 def count_orders(engine: Engine) -> int:
@@ -161,16 +159,6 @@ def test_a_csv_header_with_an_unknown_column_is_refused(
 
     assert "line 1: the header must name" in capsys.readouterr().err
     assert count_orders(engine) == 0
-
-
-def test_the_progress_bar_ends_full_on_its_own_line() -> None:
-    screen = io.StringIO()
-    bar = importer.ProgressBar(screen, width=10)
-
-    bar(0, 200)
-    bar(200, 200)
-
-    assert screen.getvalue().endswith("\r[##########] 100.0%\n")
 
 
 def test_the_import_writes_in_chunks_all_or_nothing_against_stored_orders_too(

@@ -9,7 +9,7 @@ from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus, statuses_before
 from ordercancel.storage import service
-from tests.conftest import OrderFactory
+from tests.support.orders import OrderFactory
 
 P = ProductionStatus
 CHAIN = [P.DRAFT, P.ORDERED, P.PROCESSING, P.IN_PRODUCTION, P.READY_TO_SHIP, P.SHIPPED, P.DELIVERED]

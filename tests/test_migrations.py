@@ -13,7 +13,7 @@ from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.storage import database
 from ordercancel.storage.schema import metadata
-from tests.conftest import PostgresSchemas, postgres_url
+from tests.support.postgres import PostgresSchemas, postgres_url
 
 
 def test_the_migrations_build_exactly_the_declared_schema(engine: Engine) -> None:

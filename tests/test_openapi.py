@@ -6,7 +6,7 @@ import httpx
 
 from ordercancel.config import Environment
 from ordercancel.http.openapi import openapi_document
-from tests.test_contract import MESSAGES
+from tests.support.wire import BY_ID, BY_NUMBER, MESSAGES
 
 SANDBOX = "/web-api/sandbox/orders"
 
@@ -17,7 +17,7 @@ def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_cod
     document = response.json()
     assert document["openapi"].startswith("3.1")
     paths = document["paths"]
-    assert set(paths) == {"/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById", SANDBOX}
+    assert set(paths) == {BY_NUMBER, BY_ID, SANDBOX}
     media_types = {"application/json", "text/json", "text/xml", "application/xml"}
     for path, item in paths.items():
         if path == SANDBOX:

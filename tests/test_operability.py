@@ -13,12 +13,11 @@ from sqlalchemy import Engine, text
 from ordercancel import cli
 from ordercancel.config import Settings
 from ordercancel.domain import hash_api_code
+from ordercancel.http.observability import Metrics
 from ordercancel.storage import service
-from tests.conftest import OrderFactory
-from tests.serving import ServeProcess
-
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
+from tests.support.orders import OrderFactory
+from tests.support.serving import ServeProcess
+from tests.support.wire import BY_ID, BY_NUMBER
 
 
 def cancel(http: httpx.Client, api_code: str, number: str, **headers: str) -> httpx.Response:
@@ -80,6 +79,15 @@ def test_metrics_count_requests_by_endpoint_and_outcome(
     assert metric(body, f"{histogram}_bucket", endpoint=BY_NUMBER, le="10.0") == 3
     assert metric(body, f"{histogram}_sum", endpoint=BY_NUMBER) > 0
     assert metric(body, "ordercancel_database_errors_total") == 0
+    # The series are those `serve --workers N` shows, which merges the workers' files: no `_created`.
+    assert "_created" not in body
+
+
+def test_metrics_refuse_a_shared_directory_when_the_client_already_counts_in_memory(tmp_path: Path) -> None:
+    # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR: nothing it
+    # counted would reach the directory, and its scrapes would show only the other workers.
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR must be set before"):
+        Metrics(["/metrics"], multiprocess_dir=str(tmp_path))
 
 
 def test_a_database_failure_is_a_500_without_details_and_is_counted(
@@ -107,6 +115,7 @@ def _log_lines(process: ServeProcess) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in process.logs().splitlines() if line.startswith("{")]
 
 
+@pytest.mark.subprocess
 def test_the_access_log_is_one_json_line_per_request_without_the_api_code(
     settings: Settings, api_code: str, make_order: OrderFactory, tmp_path: Path, engine: Engine
 ) -> None:
@@ -133,6 +142,7 @@ def test_the_access_log_is_one_json_line_per_request_without_the_api_code(
     assert hash_api_code(api_code) not in logs
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("trusted", "logged_client"),
     [("127.0.0.1", "203.0.113.7"), ("", "127.0.0.1"), ("10.0.0.1", "127.0.0.1")],
@@ -198,5 +208,6 @@ def test_audit_list_prints_one_line_per_attempt(
     cancel(http, api_code, order.order_number, **{"X-Request-ID": "line-1"})
     capsys.readouterr()
     assert cli.main(["audit", "list", "--database-url", settings.database_url, "--environment", "sandbox"]) == 0
-    [line] = capsys.readouterr().out.splitlines()
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split("\t") == ["time", "key", "order", "outcome", "request id"]
     assert line.split("\t")[1:] == ["key 1 test", order.order_number, "cancelled", "line-1"]

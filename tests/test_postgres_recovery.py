@@ -19,8 +19,11 @@ from sqlalchemy import make_url
 
 from ordercancel.config import Settings
 from ordercancel.domain import UnknownError
-from tests.conftest import POSTGRES_URL, LiveServer, OrderFactory
-from tests.test_concurrency import BY_NUMBER, free_port
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.postgres import POSTGRES_URL
+from tests.support.serving import free_port
+from tests.support.wire import BY_NUMBER
 
 
 class TcpProxy:
@@ -94,6 +97,7 @@ def cancel(http: httpx.Client, api_code: str, number: str) -> httpx.Response:
     )
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
 def test_while_postgres_is_unreachable_requests_get_the_documented_500_and_then_the_process_recovers(
     settings: Settings, proxy: TcpProxy, api_code: str, make_order: OrderFactory

@@ -11,8 +11,8 @@ from sqlalchemy import Engine, func, select
 from ordercancel.config import Settings
 from ordercancel.storage import RememberedKeys, open_store, service
 from ordercancel.storage.schema import cancellation_attempts
-from tests.conftest import OrderFactory
-from tests.wire import BY_NUMBER, decode
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_NUMBER, decode
 
 
 def test_a_code_revoked_while_remembered_cannot_cancel_anything(

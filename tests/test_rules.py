@@ -39,10 +39,11 @@ from ordercancel.domain import (
 )
 from ordercancel.storage import database, importer, open_store, service, steps
 from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
-from tests.conftest import ADMIN_TOKEN, LiveServer, OrderFactory
+from tests.support.live import ADMIN_TOKEN, LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_NUMBER
 
 STATES = list(itertools.product(ProductionStatus, PaymentStatus, [None, "Ada"]))
-CANCEL_BY_NUMBER = "/web-api/order/CancelOrderByNumber"
 TEST_ORDERS = "/web-api/sandbox/orders"
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -134,7 +135,14 @@ def test_the_hot_path_update_cancels_exactly_the_orders_the_domain_allows(
         key = cursor.execute("SELECT id FROM api_keys").fetchone()[0]
         cancelled = set()
         for number in every_state:
-            params = {"now": now_param(settings), "key": key, "request_id": "r", "value": number, "reason": None, "note": None}
+            params = {
+                "now": now_param(settings),
+                "key": key,
+                "request_id": "r",
+                "value": number,
+                "reason": None,
+                "note": None,
+            }
             cursor.execute(statement, params)
             if cursor.fetchone() is not None:
                 cancelled.add(number)
@@ -464,7 +472,7 @@ def test_a_customer_is_refused_506_for_the_failed_payment_an_operator_may_cancel
     http: httpx.Client, engine: Engine, api_code: str, make_order: OrderFactory
 ) -> None:
     number = make_order(payment_status="PaymentNOK").order_number
-    answer = http.post(CANCEL_BY_NUMBER, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON}).json()
+    answer = http.post(BY_NUMBER, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON}).json()
     assert answer["requestError"]["code"] == NotPlacedCorrectly.code
 
     assert service.set_status(engine, number, "Cancelled").status is ProductionStatus.CANCELLED
@@ -486,7 +494,8 @@ def test_the_cli_records_the_operator_by_option_or_by_user_and_audit_list_shows_
     capsys.readouterr()
 
     assert cli.main(["audit", "list", *db]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split("\t")[1:4] == ["key", "order", "outcome"]
     assert [line.split("\t")[1:4] for line in lines] == [
         ["operator Ada Lovelace", first, "cancelled"],
         ["operator grace", second, "cancelled"],

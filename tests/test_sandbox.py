@@ -14,10 +14,10 @@ from ordercancel.config import Environment, Settings
 from ordercancel.domain import PaymentStatus, ProductionStatus
 from ordercancel.storage import service
 from ordercancel.storage.schema import orders
-from tests.conftest import LiveServer
+from tests.support.live import LiveServer
+from tests.support.wire import BY_NUMBER
 
 PATH = "/web-api/sandbox/orders"
-CANCEL = "/web-api/order/CancelOrderByNumber"
 JSON_TYPE = "application/json"
 JSON = {"Content-Type": JSON_TYPE, "Accept": JSON_TYPE}
 
@@ -32,7 +32,7 @@ def create(http: httpx.Client, api_code: str, body: dict[str, object] | None = N
 
 
 def cancel(http: httpx.Client, api_code: str, number: str) -> dict[str, object]:
-    response = http.post(CANCEL, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON})
+    response = http.post(BY_NUMBER, json={"orderNumber": number}, headers={"apiCode": api_code, **JSON})
     answer: dict[str, object] = response.json()
     return answer
 

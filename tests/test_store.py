@@ -11,7 +11,9 @@ from sqlalchemy import Engine, text
 
 from ordercancel.config import Environment, Settings
 from ordercancel.storage import open_store, service
-from tests.conftest import OrderFactory, PostgresSchemas, postgres_url
+from tests.support.orders import OrderFactory
+from tests.support.postgres import PostgresSchemas, postgres_url
+from tests.support.wire import BY_ID
 
 
 def test_a_cancellation_records_when_it_happened_in_utc(
@@ -19,9 +21,7 @@ def test_a_cancellation_records_when_it_happened_in_utc(
 ) -> None:
     order = make_order()
     before = datetime.now(UTC)
-    http.post(
-        "/web-api/order/CancelOrderById", json={"orderId": order.order_id}, headers={"apiCode": api_code}
-    ).raise_for_status()
+    http.post(BY_ID, json={"orderId": order.order_id}, headers={"apiCode": api_code}).raise_for_status()
     cancelled_at = service.find_order(engine, order.order_id).cancelled_at
     assert cancelled_at is not None
     assert cancelled_at.utcoffset() == timedelta(0)

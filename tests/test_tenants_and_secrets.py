@@ -15,10 +15,10 @@ from ordercancel.config import Environment, Settings
 from ordercancel.domain import hash_api_code
 from ordercancel.storage import service
 from ordercancel.storage.schema import metadata
-from tests.conftest import LiveServer, OrderFactory
+from tests.support.live import LiveServer
+from tests.support.orders import OrderFactory
+from tests.support.wire import BY_ID, BY_NUMBER
 
-BY_NUMBER = "/web-api/order/CancelOrderByNumber"
-BY_ID = "/web-api/order/CancelOrderById"
 FORMATS = [("application/json", "application/json"), ("text/xml", "text/xml")]
 
 

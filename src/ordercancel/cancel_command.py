@@ -14,12 +14,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from ordercancel.client import (
+    PRODUCTION_URL_VARIABLE,
     REASONS,
+    SANDBOX_URL_VARIABLE,
     ApiError,
     Cancellation,
     Client,
@@ -37,18 +40,27 @@ EXIT_SERVER_FAILED = 5
 API_CODE_VARIABLE = "ORDERCANCEL_API_CODE"
 
 
-def register(commands: Any) -> None:
-    """Add the `cancel` command to the CLI's subcommands."""
+#: The base URL of each environment, read when --url is not given (the client library's variables).
+URL_VARIABLES = {"sandbox": SANDBOX_URL_VARIABLE, "production": PRODUCTION_URL_VARIABLE}
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the `cancel` command to the CLI's subcommands, with the options every command takes."""
     cancel = commands.add_parser(
         "cancel",
         help="cancel an order through the API (the client)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
-    cancel.set_defaults(handler=lambda args, _settings: run(args))
+    cancel.set_defaults(handler=lambda args, settings: run(args, settings.environment.value))
     cancel.add_argument("order", metavar="NUMBER", help="the order number (with --by-id: the order ID)")
     cancel.add_argument("--api-code", default=os.environ.get(API_CODE_VARIABLE), help=f"default: ${API_CODE_VARIABLE}")
-    cancel.add_argument("--url", required=True, help="base URL of the service, such as http://127.0.0.1:8080")
+    cancel.add_argument(
+        "--url",
+        help=f"base URL of the service, such as http://127.0.0.1:8080 (default: ${SANDBOX_URL_VARIABLE}, "
+        f"or ${PRODUCTION_URL_VARIABLE} with --environment production)",
+    )
     cancel.add_argument("--format", choices=["json", "xml"], default="json", help="request and response format")
     cancel.add_argument("--by-id", action="store_true", help="NUMBER is an order ID (a GUID)")
     cancel.add_argument("--json", action="store_true", help="print the decoded response as JSON")
@@ -83,6 +95,8 @@ def _refused(error: ApiError, as_json: bool) -> int:
         _print(error.fields)
     else:
         print(f"{'failed' if failed else 'not cancelled'}: {error.code} {error.message}")
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
     if error.code == 507 and error.retried:
         print(
             f"note: after {error.attempts} attempts; an earlier attempt most likely cancelled the order",
@@ -91,13 +105,38 @@ def _refused(error: ApiError, as_json: bool) -> int:
     return EXIT_SERVER_FAILED if failed else EXIT_REFUSED
 
 
-def run(args: argparse.Namespace) -> int:
+def base_url(given: str | None, environment: str, env: Mapping[str, str] | None = None) -> str:
+    """Return --url, else the environment's configured base URL; raise LookupError naming both."""
+    if given:
+        return given
+    variable = URL_VARIABLES[environment]
+    url = (os.environ if env is None else env).get(variable, "").strip()
+    if not url:
+        raise LookupError(f"give --url or set {variable} (the {environment}'s base URL, such as http://127.0.0.1:8080)")
+    return url
+
+
+def _say_wait(seconds: float, reason: str) -> None:
+    print(f"ordercancel cancel: {reason}; waiting {seconds:.1f} s before trying again", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, environment: str = "sandbox") -> int:
     if not args.api_code:
         print(f"ordercancel cancel: give --api-code or set {API_CODE_VARIABLE}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        url = base_url(args.url, environment)
+    except LookupError as error:
+        print(f"ordercancel cancel: {error.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         client = Client(
-            args.api_code, base_url=args.url, format=args.format, timeout=args.timeout, retries=args.retries
+            args.api_code,
+            base_url=url,
+            format=args.format,
+            timeout=args.timeout,
+            retries=args.retries,
+            on_wait=_say_wait,
         )
     except (ValueError, httpx.InvalidURL) as error:
         print(f"ordercancel cancel: {error}", file=sys.stderr)

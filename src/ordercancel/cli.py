@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ordercancel import cancel_command
+from ordercancel import __version__, cancel_command
+from ordercancel.cancel_command import URL_VARIABLES
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import CancellationReason, Order, PaymentStatus, ProductionStatus
-from ordercancel.http.observability import logging_config
+from ordercancel.http.observability import logging_config, share_metrics_between_workers
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
 from ordercancel.storage import database, service
 
@@ -34,7 +37,11 @@ def _print_json(value: object) -> None:
 def _engine(settings: Settings, *, must_exist: bool = True) -> Engine:
     path = settings.sqlite_path()
     if must_exist and path is not None and not path.exists():
-        raise CliError(f"no database at {path}: run 'ordercancel db upgrade' first")
+        # The advice names the database, so that following it from anywhere creates this one.
+        raise CliError(
+            f"no database at {path}: run 'ordercancel db upgrade --database-url {settings.database_url}' first"
+            " (or set ORDERCANCEL_DATABASE_URL to the database you meant)"
+        )
     engine = database.create_sync_engine(settings)
     _opened.append(engine)
     if must_exist:
@@ -73,6 +80,20 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys_update(args: argparse.Namespace, settings: Settings) -> int:
+    if args.rate_limit is None:
+        raise CliError("nothing to update: give --rate-limit")
+    stored = service.set_rate_limit(_engine(settings), settings.environment, args.api_code, args.rate_limit)
+    print(f"rate limit: {stored or 'the default (ORDERCANCEL_RATE_LIMIT)'}")
+    return 0
+
+
+JSON_HELP = "print JSON instead of text"
+#: The header rows of the list commands' tab-separated output.
+KEYS_HEADER = ("id", "name", "created", "state")
+AUDIT_HEADER = ("time", "key", "order", "outcome", "request id")
+
+
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     keys = service.list_keys(_engine(settings), settings.environment)
     rows = [
@@ -81,12 +102,14 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             "name": key.name,
             "createdAt": key.created_at.isoformat(),
             "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
+            "rateLimit": key.rate_limit,
         }
         for key in keys
     ]
     if args.json:
         _print_json({"keys": rows})
     else:
+        print("\t".join(KEYS_HEADER))
         for row in rows:
             state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
             print(f"{row['id']}\t{row['name'] or '-'}\t{row['createdAt']}\t{state}")
@@ -156,6 +179,7 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"attempts": [service.audit_fields(entry) for entry in entries]})
     else:
+        print("\t".join(AUDIT_HEADER))
         for entry in entries:
             outcome = "cancelled" if entry.outcome == 0 else str(entry.outcome)
             outcome += " (replayed)" if entry.replayed else ""
@@ -170,10 +194,48 @@ def cmd_orders_import(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no file {path}")
-    bar = importer.ProgressBar(sys.stderr) if sys.stderr.isatty() else None
-    report = importer.import_orders(_engine(settings), settings.environment, args.api_code, path, progress=bar)
+    engine = _engine(settings)
+    with ImportProgress(sys.stderr) as progress:
+        report = importer.import_orders(
+            engine, settings.environment, args.api_code, path, progress=progress if sys.stderr.isatty() else None
+        )
     print(f"imported {report.imported} orders in {report.seconds:.1f} s")
     return 0
+
+
+class ImportProgress:
+    """Rows done, rows per second and time left (from the share of the file read), drawn by rich."""
+
+    def __init__(self, stream: IO[str], *, clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        self._clock = clock
+        self._started = clock()
+        self._progress = Progress(
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rows]:,} rows"),
+            TextColumn("{task.fields[rate]:,.0f} rows/s"),
+            TimeRemainingColumn(),
+            TextColumn("left"),
+            console=Console(file=stream),
+        )
+        self._task: TaskID | None = None
+
+    def __call__(self, done: int, total: int, rows: int) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task("import", total=total, rows=0, rate=0.0)
+        elapsed = self._clock() - self._started
+        self._progress.update(self._task, completed=done, rows=rows, rate=rows / elapsed if elapsed > 0 else 0.0)
+
+    def __enter__(self) -> ImportProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._progress.stop()  # leaves the last line on the screen, and the cursor below it
 
 
 #: One order for each outcome of the demo: (label, status, payment status, engineer).
@@ -185,6 +247,24 @@ DEMO_ORDERS = [
     ("production started (508)", "InProduction", "PaymentOK", None),
     ("claimed by an engineer (509)", "Processing", "PaymentOK", "Ada"),
 ]
+
+
+def demo_exports(settings: Settings, code: str, base: str) -> list[tuple[str, str]]:
+    """The variables the documentation's examples read, as `make run` prints them."""
+    bin_dir = Path(os.path.abspath(sys.executable)).parent  # the virtualenv's bin, where `ordercancel` is
+    return [
+        ("PATH", f"{bin_dir}:$PATH"),
+        ("ORDERCANCEL_DATABASE_URL", settings.database_url),
+        ("ORDERCANCEL_ENVIRONMENT", settings.environment.value),
+        ("ORDERCANCEL_API_CODE", code),
+        (URL_VARIABLES[settings.environment.value], base),
+    ]
+
+
+def _export_line(name: str, value: str) -> str:
+    # PATH keeps $PATH for the shell to expand; every other value is quoted to be taken as it is.
+    quoted = f'"{value}"' if name == "PATH" else shlex.quote(value)
+    return f"export {name}={quoted}"
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +282,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {order.order_number}  {order.order_id}  {label}")
     print("  IMC999999  (no such order: 505)\n")
     assert first is not None
+    exports = [_export_line(name, value) for name, value in demo_exports(settings, code, base)]
+    if args.env_file:
+        env_file = Path(args.env_file).absolute()
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file.write_text("\n".join([*exports, _export_line("ORDERCANCEL_DEMO_API_CODE", code)]) + "\n")
+    print("In another terminal, set what the examples of docs/integrating.md use:")
+    for line in exports:
+        print(f"  {line}")
+    if args.env_file:
+        print(f"  (or: . {env_file})")
+    print()
     print("Cancel by number, JSON in and out:")
     print(
         f"  curl -s -X POST {base}/web-api/order/CancelOrderByNumber -H 'apiCode: {code}' "
@@ -215,7 +306,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"-d '<CancelOrderByNumberRequest><orderNumber>{first.order_number}</orderNumber>"
         "</CancelOrderByNumberRequest>'\n"
     )
-    print(f"Or in a browser: {base}/api/demo/order-cancellation-by-number-api.htm")
+    print(f"Or in a browser: {base}/ (the demo pages; the demo code is offered there)\n")
+    print(
+        "`make run` serves next, in this terminal, until Ctrl-C; the service is ready at the line\n"
+        f"  ordercancel ({settings.environment.value}) on {base}"
+    )
     return 0
 
 
@@ -235,6 +330,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"no such file: {path}")
     scheme = "https" if args.ssl_certfile else "http"
     print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
+    if args.workers > 1:  # so that /metrics on any worker sums them all
+        share_metrics_between_workers()
     uvicorn.run(
         "ordercancel.http.app:create_app_from_env",
         factory=True,
@@ -284,7 +381,7 @@ _LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentPa
         "claim",
         cmd_orders_claim,
         "an engineer starts processing an order: it can no longer be cancelled",
-        lambda sub: sub.add_argument("--engineer", required=True, metavar="NAME"),
+        lambda sub: sub.add_argument("--engineer", required=True, metavar="NAME", help="who processes the order"),
     ),
     ("release", cmd_orders_release, "end an engineer's claim on an order", lambda sub: None),
 ]
@@ -298,8 +395,8 @@ def _positive(text: str) -> int:
 
 
 def _serve_arguments(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.add_argument(
         "--pool-size",
@@ -313,38 +410,59 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
     serve.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the JSON log on stderr; warning turns the access log off (default info)",
+    )
 
 
 def _order_commands(orders: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     create_order = command(orders, "create", cmd_orders_create, "create an order for an API code")
-    create_order.add_argument("--api-code", required=True)
-    create_order.add_argument("--status", default=ProductionStatus.ORDERED.value)
-    create_order.add_argument("--payment-status", default=PaymentStatus.OK.value)
-    create_order.add_argument("--engineer")
+    create_order.add_argument("--api-code", required=True, help="the API code the order belongs to")
+    create_order.add_argument(
+        "--status",
+        default=ProductionStatus.ORDERED.value,
+        help=f"production status, one of {', '.join(ProductionStatus)} (default %(default)s)",
+    )
+    create_order.add_argument(
+        "--payment-status",
+        default=PaymentStatus.OK.value,
+        help=f"one of {', '.join(PaymentStatus)} (default %(default)s)",
+    )
+    create_order.add_argument(
+        "--engineer", metavar="NAME", help="an engineer processing it (Ordered or Processing only): cancelling gets 509"
+    )
     create_order.add_argument("--number", help="default: the next free IMCnnnnnn")
     create_order.add_argument("--order-id", help="default: a new GUID")
-    create_order.add_argument("--json", action="store_true")
+    create_order.add_argument("--json", action="store_true", help=JSON_HELP)
     import_orders = command(orders, "import", cmd_orders_import, "import orders from JSON Lines or CSV, all or none")
     import_orders.add_argument("file", metavar="FILE", help="*.csv: CSV; *.jsonl or starting with {: JSON Lines")
     import_orders.add_argument("--api-code", required=True, help="the API code the orders belong to")
     show = command(orders, "show", cmd_orders_show, "show an order by number or ID")
-    show.add_argument("order", metavar="NUMBER_OR_ID")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("order", metavar="NUMBER_OR_ID", help="an order number or order ID")
+    show.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, handler, help_text, extra in _LIFECYCLE_COMMANDS:
         sub = command(orders, name, handler, help_text)
-        sub.add_argument("order", metavar="NUMBER_OR_ID")
+        sub.add_argument("order", metavar="NUMBER_OR_ID", help="an order number or order ID")
         extra(sub)
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--database-url", default=argparse.SUPPRESS, help="overrides ORDERCANCEL_DATABASE_URL")
+    common.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="sqlite:///FILE or postgresql://...; overrides ORDERCANCEL_DATABASE_URL "
+        "(default: sqlite in $XDG_DATA_HOME/ordercancel, else ~/.local/share/ordercancel)",
+    )
     common.add_argument(
         "--environment", default=argparse.SUPPRESS, help="sandbox or production; overrides ORDERCANCEL_ENVIRONMENT"
     )
     parser = argparse.ArgumentParser(prog="ordercancel", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"ordercancel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
@@ -354,23 +472,37 @@ def _parser() -> argparse.ArgumentParser:
 
     _serve_arguments(command(commands, "serve", cmd_serve, "run the HTTP service"))
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db = commands.add_parser("db", help="database schema", parents=[common]).add_subparsers(
+        dest="db_command", required=True
+    )
     command(db, "upgrade", cmd_db_upgrade, "create the database or migrate it to this version")
     command(db, "prune", cmd_db_prune, "forget expired Idempotency-Keys (the service also does, in the background)")
 
-    keys = commands.add_parser("keys", help="API codes").add_subparsers(dest="keys_command", required=True)
+    keys = commands.add_parser("keys", help="API codes", parents=[common]).add_subparsers(
+        dest="keys_command", required=True
+    )
     create_key = command(keys, "create", cmd_keys_create, "issue an API code (shown once)")
-    create_key.add_argument("--name", default="")
-    create_key.add_argument("--json", action="store_true")
+    create_key.add_argument("--name", default="", help="whose code it is, shown by keys list (say, the shop)")
+    create_key.add_argument("--json", action="store_true", help=JSON_HELP)
     revoke = command(keys, "revoke", cmd_keys_revoke, "revoke an API code")
-    revoke.add_argument("api_code", metavar="API_CODE")
+    revoke.add_argument("api_code", metavar="API_CODE", help="the code to revoke: it is refused (401) at once")
+    update_key = command(keys, "update", cmd_keys_update, "change an API code's own limits")
+    update_key.add_argument("api_code", metavar="API_CODE", help="the code to change")
+    update_key.add_argument(
+        "--rate-limit",
+        metavar="RATE",
+        help="requests allowed to this code, such as 500/second; 'none' for no limit, "
+        "'default' to follow ORDERCANCEL_RATE_LIMIT",
+    )
     list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
-    list_keys.add_argument("--json", action="store_true")
+    list_keys.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    orders = commands.add_parser("orders", help="orders").add_subparsers(dest="orders_command", required=True)
+    orders = commands.add_parser("orders", help="orders", parents=[common]).add_subparsers(
+        dest="orders_command", required=True
+    )
     _order_commands(orders, command)
 
-    audit = commands.add_parser("audit", help="the cancellation record").add_subparsers(
+    audit = commands.add_parser("audit", help="the cancellation record", parents=[common]).add_subparsers(
         dest="audit_command", required=True
     )
     audit_list = command(audit, "list", cmd_audit_list, "list cancellation attempts, oldest first")
@@ -378,13 +510,18 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--api-code", help="only this API code's attempts (revoked codes too)")
     which.add_argument("--order", metavar="NUMBER_OR_ID", help="only the attempts that found this order")
     audit_list.add_argument("--limit", type=_positive, help="only the newest N")
-    audit_list.add_argument("--json", action="store_true")
+    audit_list.add_argument("--json", action="store_true", help=JSON_HELP)
 
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--host", default="127.0.0.1", help="the host the printed examples use (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="the port the printed examples use (default 8080)")
+    demo.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="also write the export lines to FILE, to be sourced (make run: var/demo.env)",
+    )
 
-    cancel_command.register(commands)
+    cancel_command.register(commands, common)
     return parser
 
 

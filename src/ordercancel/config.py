@@ -7,9 +7,37 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 
-DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+import limits
+from limits import RateLimitItem
+
+from ordercancel.domain import parse_guid
+
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+#: Where the default database lives: the user's data directory (XDG), the same from every
+#: directory, so that a command run elsewhere never finds (or makes) another, empty database.
+DATA_DIRECTORY_NAME = "ordercancel"
+
+
+def default_database_path(env: Mapping[str, str] | None = None) -> Path:
+    """Return the default SQLite file: $XDG_DATA_HOME/ordercancel/ordercancel.db, absolute."""
+    env = os.environ if env is None else env
+    data_home = env.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says a relative XDG_DATA_HOME is invalid and to be ignored.
+    base = Path(data_home) if data_home and Path(data_home).is_absolute() else Path.home() / ".local" / "share"
+    return base / DATA_DIRECTORY_NAME / "ordercancel.db"
+
+
+def sqlite_url(path: Path) -> str:
+    """Return the SQLAlchemy URL of a SQLite file, made absolute."""
+    return f"sqlite:///{path.absolute()}"
+
+
+def default_database_url() -> str:
+    return sqlite_url(default_database_path())
 
 
 class Environment(StrEnum):
@@ -23,7 +51,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default_factory=default_database_url)
     #: The sandbox is the default so that a development instance is never taken for production.
     environment: Environment = Environment.SANDBOX
     #: Connections per process in the PostgreSQL pool.
@@ -39,16 +67,27 @@ class Settings:
     #: Seconds an API code found active is remembered before it is looked up again (0: never).
     #: Revocation still takes effect at once: every cancellation re-checks the key itself.
     key_cache_seconds: float = 5.0
+    #: Seconds a SQLite write waits for the lock another writer holds (an import, a second
+    #: process) before it fails; a cancellation waiting on it is answered 500 within this plus 1 s.
+    sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
     #: Seconds an Idempotency-Key keeps its answer (the IETF draft's and Stripe's 24 hours).
     idempotency_ttl: float = 24 * 3600.0
+    #: The sandbox demo's API code, offered by the demo pages (`make run` sets it; never shown in production).
+    demo_api_code: str = ""
+    #: Requests per API code, such as `100/second` (None: no limit); a key's own policy overrides it.
+    rate_limit: str | None = None
+    #: Where the rate limits count: None is this process's memory, else a `redis://HOST:PORT/DB` URL.
+    rate_limit_storage: str | None = None
+    #: 401s an address may earn in a minute before it is answered 429 for the rest of that minute.
+    auth_failures: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ORDERCANCEL_* variables; anything unset keeps its default."""
         env = os.environ if env is None else env
-        settings = cls()
+        settings = cls(database_url=sqlite_url(default_database_path(env)))
         raw = {
             "database_url": env.get("ORDERCANCEL_DATABASE_URL"),
             "environment": env.get("ORDERCANCEL_ENVIRONMENT"),
@@ -59,6 +98,11 @@ class Settings:
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
             "idempotency_ttl": env.get("ORDERCANCEL_IDEMPOTENCY_TTL"),
+            "sqlite_busy_timeout": env.get("ORDERCANCEL_SQLITE_BUSY_TIMEOUT"),
+            "demo_api_code": env.get("ORDERCANCEL_DEMO_API_CODE"),
+            "rate_limit": env.get("ORDERCANCEL_RATE_LIMIT"),
+            "rate_limit_storage": env.get("ORDERCANCEL_RATE_LIMIT_STORAGE"),
+            "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -93,7 +137,11 @@ def _environment(text: str) -> Environment:
 
 def _database_url(text: str) -> str:
     text = text.strip()
-    if text.startswith("sqlite:///") or text.startswith(("postgresql:", "postgresql+", "postgres:")):
+    if text.startswith("sqlite:///"):
+        # Resolved once, against the directory the command started in, and shown absolute from then on.
+        path = text[len("sqlite:///") :]
+        return text if not path or path.startswith(":memory:") else sqlite_url(Path(path))
+    if text.startswith(("postgresql:", "postgresql+", "postgres:")):
         return text
     raise ValueError(f"must be a sqlite:/// or postgresql:// URL, not {text!r}")
 
@@ -131,6 +179,50 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
+def _guid_or_empty(text: str) -> str:
+    text = text.strip()
+    if text and parse_guid(text) is None:
+        raise ValueError(f"must be an API code (a GUID), not {text!r}")
+    return text.lower()
+
+
+#: A per-key rate policy that lifts the limit for that key.
+UNLIMITED = "none"
+
+
+def parse_rate(text: str) -> RateLimitItem:
+    """Read a rate such as `100/second` or `1000 per minute`; raise ValueError naming the form."""
+    try:
+        return _parse_rate(text.strip())
+    except ValueError:
+        raise ValueError(f"a rate is a number per second, minute or hour, such as 100/second, not {text!r}") from None
+
+
+@lru_cache(maxsize=1024)
+def _parse_rate(text: str) -> RateLimitItem:
+    item = limits.parse(text)
+    if item.amount < 1:
+        raise ValueError(text)
+    return item
+
+
+def _rate(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parse_rate(text)
+    return text
+
+
+def _redis_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://")):
+        raise ValueError(f"must be a redis://HOST:PORT/DB URL, not {text!r}")
+    return text
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -145,5 +237,10 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
     "idempotency_ttl": parse_duration,
+    "sqlite_busy_timeout": _non_negative_float,
+    "demo_api_code": _guid_or_empty,
+    "rate_limit": _rate,
+    "rate_limit_storage": _redis_url,
+    "auth_failures": _positive_int,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

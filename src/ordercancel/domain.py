@@ -115,6 +115,11 @@ class Unauthorized(RequestError):
     message = "Unauthorized"
 
 
+class TooManyRequests(RequestError):
+    code = 429
+    message = "Too many requests. Retry after the number of seconds in Retry-After."
+
+
 class UnknownError(RequestError):
     code = 500
     message = "Unknown Error. Try again later. If the problem persists, please contact us."

@@ -30,7 +30,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 from xml.etree import ElementTree
@@ -45,11 +45,18 @@ BY_ID_PATH = "/web-api/order/CancelOrderById"
 TEST_ORDERS_PATH = "/web-api/sandbox/orders"
 #: The response header that names the environment (sandbox or production) that answered.
 ENVIRONMENT_HEADER = "x-ordercancel-environment"
+#: The sandbox's one-sentence explanation of a refusal (never sent by production).
+HINT_HEADER = "x-ordercancel-hint"
 #: Where the base URLs of a deployment's two environments are configured.
 SANDBOX_URL_VARIABLE = "ORDERCANCEL_SANDBOX_URL"
 PRODUCTION_URL_VARIABLE = "ORDERCANCEL_PRODUCTION_URL"
 #: The longest wait between two attempts, in seconds.
 MAX_BACKOFF = 10.0
+#: Answers retried: the server failed (nothing was committed), asked us to slow down, or is still
+#: processing a request with the same Idempotency-Key.
+RETRIED_STATUSES = frozenset({409, 429, 500})
+#: Called before each wait between attempts with the seconds it will wait and why.
+WaitHook = Callable[[float, str], None]
 
 Format = Literal["json", "xml"]
 MEDIA_TYPES: dict[str, str] = {"json": "application/json", "xml": "text/xml"}
@@ -131,10 +138,13 @@ class ApiError(ClientError):
         environment: str | None = None,
         attempts: int = 1,
         fields: Mapping[str, Any] | None = None,
+        hint: str | None = None,
     ) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"{code}: {message}" + (f" (sandbox hint: {hint})" if hint else ""))
         self.code = code
         self.message = message
+        #: The sandbox's hint header: why, in one sentence, where the code alone does not say.
+        self.hint = hint
         self.status_code = status_code
         self.order_id = order_id
         self.order_number = order_number
@@ -171,6 +181,12 @@ class IdempotencyKeyReused(ApiError):
     """The Idempotency-Key was used before for a different request (422); never retried."""
 
     codes = (422,)
+
+
+class TooManyRequests(ApiError):
+    """Over a rate limit (429); it was retried, after the server's Retry-After, before this was raised."""
+
+    codes = (429,)
 
 
 class ServerError(ApiError):
@@ -232,6 +248,7 @@ ERRORS: dict[int, type[ApiError]] = {
         InvalidIdempotencyKey,
         ConflictInFlight,
         IdempotencyKeyReused,
+        TooManyRequests,
         ServerError,
         BadRequestBody,
         MissingOrderReference,
@@ -291,6 +308,7 @@ def decode(response: httpx.Response) -> dict[str, Any] | None:
 
 def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts: int) -> ApiError:
     environment = response.headers.get(ENVIRONMENT_HEADER)
+    hint = response.headers.get(HINT_HEADER)
     error = (fields or {}).get("requestError")
     if not isinstance(error, Mapping) or not isinstance(error.get("code"), int):
         text = response.text[:200] if response.content else "no body"
@@ -300,6 +318,7 @@ def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts:
             status_code=response.status_code,
             environment=environment,
             attempts=attempts,
+            hint=hint,
         )
     assert fields is not None
     kind = ERRORS.get(error["code"], ApiError)
@@ -312,6 +331,7 @@ def _error(response: httpx.Response, fields: Mapping[str, Any] | None, attempts:
         environment=environment,
         attempts=attempts,
         fields=fields,
+        hint=hint,
     )
 
 
@@ -345,9 +365,6 @@ def sandbox_order(response: httpx.Response, attempts: int) -> SandboxOrder:
     raise _error(response, fields, attempts)
 
 
-#: Answers worth another attempt: the server failed (nothing was committed), or the same key is
-#: still being processed.
-RETRIED_STATUSES = frozenset({409, 500})
 #: The reasons a cancellation may give.
 REASONS = ("CustomerRequest", "DuplicateOrder", "WrongModel", "WrongMaterialOrFinish", "PriceOrDeliveryTime", "Other")
 #: Connection failures worth another attempt; a bad URL scheme or a proxy refusal is not.
@@ -366,6 +383,7 @@ class _Base:
         timeout: float = 10.0,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
         if format not in MEDIA_TYPES:
             raise ValueError(f"format must be 'json' or 'xml', not {format!r}")
@@ -378,6 +396,7 @@ class _Base:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self._on_wait = on_wait
         media_type = MEDIA_TYPES[format]
         self._headers = {
             "apiCode": api_code.strip(),
@@ -386,9 +405,19 @@ class _Base:
             "User-Agent": f"ordercancel-client/{__version__}",
         }
 
-    def _delay(self, attempt: int) -> float:
-        """Seconds to wait after a failed attempt: exponential, capped, with jitter."""
-        return min(self.backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+    def _delay(self, attempt: int, outcome: httpx.Response | Exception) -> float:
+        """Seconds to wait after a failed attempt: the server's Retry-After when it gave one, else
+        exponential with jitter; never more than MAX_BACKOFF. Tell the on_wait hook."""
+        delay = min(self.backoff * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+        reason = repr(outcome) if isinstance(outcome, Exception) else f"HTTP {outcome.status_code}"
+        if isinstance(outcome, httpx.Response):
+            retry_after = outcome.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                delay = min(float(retry_after), MAX_BACKOFF)
+                reason += f" (Retry-After: {retry_after})"
+        if self._on_wait is not None:
+            self._on_wait(delay, reason)
+        return delay
 
     def _should_retry(self, outcome: httpx.Response | Exception, attempt: int) -> bool:
         if attempt > self.retries:
@@ -435,23 +464,34 @@ class Client(_Base):
         transport: httpx.BaseTransport | None = None,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
-        super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
+        super().__init__(
+            api_code,
+            base_url=base_url,
+            format=format,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            on_wait=on_wait,
+        )
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
     def _post(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> tuple[httpx.Response, int]:
         attempt = 0
         while True:
             attempt += 1
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.post(path, content=content, headers=headers)
+                outcome = self._http.post(path, content=content, headers=headers)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
+                outcome = error
             else:
-                if not self._should_retry(response, attempt):
-                    return response, attempt
-            time.sleep(self._delay(attempt))
+                if not self._should_retry(outcome, attempt):
+                    return outcome, attempt
+            time.sleep(self._delay(attempt, outcome))
 
     def cancel_by_number(
         self,
@@ -509,8 +549,17 @@ class AsyncClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
         retries: int = 2,
         backoff: float = 0.2,
+        on_wait: WaitHook | None = None,
     ) -> None:
-        super().__init__(api_code, base_url=base_url, format=format, timeout=timeout, retries=retries, backoff=backoff)
+        super().__init__(
+            api_code,
+            base_url=base_url,
+            format=format,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            on_wait=on_wait,
+        )
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, headers=self._headers)
 
     async def _post(
@@ -519,15 +568,17 @@ class AsyncClient(_Base):
         attempt = 0
         while True:
             attempt += 1
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.post(path, content=content, headers=headers)
+                outcome = await self._http.post(path, content=content, headers=headers)
             except httpx.TransportError as error:
                 if not self._should_retry(error, attempt):
                     raise self._give_up(error, attempt) from error
+                outcome = error
             else:
-                if not self._should_retry(response, attempt):
-                    return response, attempt
-            await asyncio.sleep(self._delay(attempt))
+                if not self._should_retry(outcome, attempt):
+                    return outcome, attempt
+            await asyncio.sleep(self._delay(attempt, outcome))
 
     async def cancel_by_number(
         self,
@@ -590,6 +641,7 @@ __all__ = [
     "ProductionStarted",
     "SandboxOrder",
     "ServerError",
+    "TooManyRequests",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",

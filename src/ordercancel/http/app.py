@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from dataclasses import replace
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import orjson
 
-from ordercancel.codecs import Negotiated, error_fields, negotiate, outcome_fields, request_codec
+from ordercancel.codecs import CODECS, Negotiated, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
     Lookup,
+    MissingOrderId,
+    MissingOrderNumber,
     Outcome,
     RequestError,
+    TooManyRequests,
     Unauthorized,
     UnknownError,
+    WrongOrderId,
+    WrongOrderNumber,
     WrongRequestBody,
     cancellation_details,
     hash_api_code,
@@ -28,9 +36,10 @@ from ordercancel.domain import (
 from ordercancel.http.admin_api import AdminApi
 from ordercancel.http.core import App, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
+from ordercancel.http.fairuse import FairUse
 from ordercancel.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ordercancel.http.idempotency import REPLAYED_HEADER, InFlight, Sweeper, fingerprint, parse_key
-from ordercancel.http.observability import AccessLog, Metrics
+from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
 from ordercancel.storage import Attempt, Store, open_store
@@ -47,6 +56,7 @@ HTTP_STATUS: dict[type[RequestError], int] = {
     InvalidIdempotencyKey: 400,
     IdempotencyKeyInFlight: 409,
     IdempotencyKeyReused: 422,
+    TooManyRequests: 429,
     UnknownError: 500,
 }
 
@@ -83,33 +93,140 @@ def api_key_hash(request: Request) -> str | None:
     return None if code is None else hash_api_code(code)
 
 
-def cancel_handler(store: Store, in_flight: InFlight, *, by_id: bool) -> Handler:
+HINT_HEADER = b"x-ordercancel-hint"
+#: The media types a request body may have, as the hints name them.
+_ACCEPTED_BODIES = "application/json or text/xml"
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A client's header value, fit to quote in a header: printable ASCII, bounded."""
+    value = _PRINTABLE.sub("?", value.strip())
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _auth_hint(request: Request) -> str:
+    given = request.header("apicode")
+    if given is None or not given.strip():
+        return "no apiCode header"
+    if parse_guid(given.strip()) is None:
+        return "apiCode is not a GUID"
+    return "apiCode is not a sandbox code: it is unknown or revoked (a production code is unknown here)"
+
+
+def _unaccepted_content_type(request: Request) -> str | None:
+    """Return the request's media type when it is one no endpoint reads (the answer is then 501)."""
+    content_type = request.header("content-type")
+    if content_type is None or not content_type.strip():
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return None if media_type in CODECS else media_type
+
+
+def _body_hint(request: Request, field: str) -> str:
+    content_type = request.header("content-type")
+    if content_type is None or not content_type.strip():
+        return f"no Content-Type, and the body starts with neither {{ nor <: send Content-Type {_ACCEPTED_BODIES}"
+    if "json" in content_type.lower():
+        return f'the body is not a JSON object with {field} a string, such as {{"{field}": "..."}}'
+    return f"the body is not well-formed XML with one <{field}> text element under its root"
+
+
+def _refusal_hint(request: Request, response: Response, field: str) -> str | None:
+    unaccepted = _unaccepted_content_type(request)
+    if unaccepted is not None:
+        return f"Content-Type {_shown(unaccepted)} is not accepted: send {_ACCEPTED_BODIES}"
+    if response.outcome == WrongRequestBody.code:
+        return _body_hint(request, field)
+    if response.outcome in (MissingOrderNumber.code, MissingOrderId.code):
+        return f"the body has no {field}: field names are case-sensitive"
+    if response.outcome in (WrongOrderNumber.code, WrongOrderId.code):
+        return f"no order with this {field} belongs to your apiCode: create one with POST {SANDBOX_ORDERS_PATH}"
+    return None
+
+
+def _accept_hint(request: Request, response: Response) -> str | None:
+    # A JSON client that sent no Accept (curl sends */*) gets XML: its parser fails on a success.
+    accept = request.header("accept")
+    if not response.content_type.startswith(b"text/xml") or "text/xml" in (accept or "").lower():
+        return None
+    shown = f"Accept {_shown(accept)}" if accept and accept.strip() else "no Accept header"
+    return f"{shown} was answered as text/xml, the documented default"
+
+
+def sandbox_hint(request: Request, response: Response, field: str) -> str | None:
+    """One sentence on why the sandbox answered as it did, where the wire answer cannot say more."""
+    if response.status == 401:
+        return _auth_hint(request)
+    return _refusal_hint(request, response, field) or _accept_hint(request, response)
+
+
+def with_sandbox_hints(handler: Handler, field: str) -> Handler:
+    """Add the hint header to the handler's answers (the sandbox only: production stays as published)."""
+
+    async def hinted(request: Request) -> Response:
+        response = await handler(request)
+        hint = sandbox_hint(request, response, field)
+        if hint is not None:
+            response.headers.append((HINT_HEADER, hint.encode("ascii")))
+        return response
+
+    return hinted
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What is decided of a cancel request before its body is read: who asks, or why not."""
+
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    key_id: int = 0
+    idempotency_key: str | None = None
+    refusal: RequestError | None = None
+
+
+async def admission(store: Store, fair_use: FairUse, request: Request) -> Admission:
+    """Authenticate a cancel request, count it against its limits, and read its Idempotency-Key."""
+    # An address that keeps failing authentication costs no look-up until its minute is over.
+    throttled = await fair_use.address_throttled(request.client)
+    if not throttled.allowed:
+        return Admission(throttled.headers, refusal=TooManyRequests())
+    code_hash = api_key_hash(request)
+    # Authentication comes before the body is read: a stranger's body is never parsed.
+    caller = None if code_hash is None else await store.authenticate(code_hash)
+    if caller is None or code_hash is None:
+        await fair_use.authentication_failed(request.client)
+        return Admission(refusal=Unauthorized())
+    request.key_id = caller.key_id
+    admitted = await fair_use.admit_key(code_hash, caller.rate_limit)
+    if not admitted.allowed:  # before the body is read: nothing is recorded, nothing changes
+        return Admission(admitted.headers, caller.key_id, refusal=TooManyRequests())
+    try:
+        idempotency_key = parse_key(request.header(IDEMPOTENCY_HEADER))
+    except InvalidIdempotencyKey as error:  # refused before the body is read: nothing is kept
+        return Admission(admitted.headers, caller.key_id, refusal=error)
+    return Admission(admitted.headers, caller.key_id, idempotency_key)
+
+
+def cancel_handler(store: Store, fair_use: FairUse, in_flight: InFlight, *, by_id: bool) -> Handler:
     path = BY_ID_PATH if by_id else BY_NUMBER_PATH
 
     async def cancel(request: Request) -> Response:
         negotiated = negotiate(request.header("accept"))
-        code_hash = api_key_hash(request)
-        # Authentication comes before the body is read: a stranger's body is never parsed.
-        key_id = None if code_hash is None else await store.authenticate(code_hash)
-        request.key_id = key_id
-        if key_id is None:
-            return answer(negotiated, Outcome(None, None, Unauthorized()))
+        admitted = await admission(store, fair_use, request)
+        if admitted.refusal is not None:
+            return answer(negotiated, Outcome(None, None, admitted.refusal), admitted.headers)
+        blank = Attempt(admitted.key_id, request.request_id, WrongRequestBody())
+        attempt = read_attempt(blank, path, request, await request.body(), by_id=by_id)
+        key = admitted.idempotency_key
+        if key is None:
+            return answer(negotiated, await store.cancel(attempt), admitted.headers)
+        if not in_flight.enter(admitted.key_id, key):
+            return answer(negotiated, Outcome(None, None, IdempotencyKeyInFlight()), admitted.headers)
         try:
-            idempotency_key = parse_key(request.header(IDEMPOTENCY_HEADER))
-        except InvalidIdempotencyKey as error:  # refused before the body is read: nothing is kept
-            return answer(negotiated, Outcome(None, None, error))
-        body = await request.body()
-        attempt = read_attempt(
-            Attempt(key_id, request.request_id, WrongRequestBody()), path, request, body, by_id=by_id
-        )
-        if idempotency_key is None:
-            return answer(negotiated, await store.cancel(attempt))
-        if not in_flight.enter(key_id, idempotency_key):
-            return answer(negotiated, Outcome(None, None, IdempotencyKeyInFlight()))
-        try:
-            return answer(negotiated, await store.cancel(replace(attempt, idempotency_key=idempotency_key)))
+            outcome = await store.cancel(replace(attempt, idempotency_key=key))
         finally:
-            in_flight.leave(key_id, idempotency_key)
+            in_flight.leave(admitted.key_id, key)
+        return answer(negotiated, outcome, admitted.headers)
 
     return cancel
 
@@ -131,26 +248,28 @@ def read_attempt(attempt: Attempt, path: str, request: Request, body: bytes, *, 
     return replace(attempt, target=target, echo=echo, reason=reason, note=note, fingerprint=print_)
 
 
-def answer(negotiated: Negotiated, outcome: Outcome) -> Response:
+def answer(negotiated: Negotiated, outcome: Outcome, headers: Sequence[tuple[bytes, bytes]] = ()) -> Response:
     """Render an outcome in the negotiated format, with the HTTP status and headers it calls for."""
     error = outcome.error
     status = HTTP_STATUS.get(type(error), 200) if error else 200
-    headers = [REPLAYED_HEADER] if outcome.replayed else []
+    headers = [*headers, REPLAYED_HEADER] if outcome.replayed else list(headers)
     if isinstance(error, IdempotencyKeyInFlight):
         headers.append((b"retry-after", b"1"))
     body = negotiated.codec.encode(outcome_fields(outcome))
     return Response(status, body, negotiated.content_type, headers, outcome=error.code if error else 0)
 
 
-def health_handler(store: Store, settings: Settings) -> Handler:
+def health_handler(store: Store, settings: Settings, fair_use: FairUse) -> Handler:
     async def health(request: Request) -> Response:
         try:
             await store.ping()
         except Exception as error:
             body = {"status": "unavailable", "environment": settings.environment.value, "reason": type(error).__name__}
             return Response(503, orjson.dumps(body), JSON_CONTENT_TYPE, failure=error)
+        # Still 200: requests are served (without limits) while the rate-limit storage is down.
+        status = "degraded" if fair_use.degraded else "ok"
         return Response(
-            200, orjson.dumps({"status": "ok", "environment": settings.environment.value}), JSON_CONTENT_TYPE
+            200, orjson.dumps({"status": status, "environment": settings.environment.value}), JSON_CONTENT_TYPE
         )
 
     return health
@@ -175,15 +294,30 @@ async def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings, store: Store) -> App:
-    """Build the ASGI application from its collaborators; the store is started by the lifespan."""
-    metrics = Metrics([BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH])
+def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = None) -> App:
+    """Build the ASGI application from its collaborators; the store is started by the lifespan.
+
+    `metrics_dir` is the directory the workers of one `serve --workers N` share their metrics in.
+    """
+    endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
+    metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
+    fair_use = FairUse(
+        rate_limit=settings.rate_limit,
+        auth_failures=settings.auth_failures,
+        storage_url=settings.rate_limit_storage,
+        on_storage_error=metrics.count_rate_limit_storage_error,
+    )
     in_flight = InFlight()
     sweeper = Sweeper(store.prune)
+    by_number = cancel_handler(store, fair_use, in_flight, by_id=False)
+    by_id = cancel_handler(store, fair_use, in_flight, by_id=True)
+    sandbox = settings.environment is Environment.SANDBOX
+    if sandbox:
+        by_number, by_id = with_sandbox_hints(by_number, "orderNumber"), with_sandbox_hints(by_id, "orderId")
     routes = [
-        Route(BY_NUMBER_PATH, {"POST": cancel_handler(store, in_flight, by_id=False)}),
-        Route(BY_ID_PATH, {"POST": cancel_handler(store, in_flight, by_id=True)}),
-        Route("/healthz", {"GET": health_handler(store, settings)}),
+        Route(BY_NUMBER_PATH, {"POST": by_number}),
+        Route(BY_ID_PATH, {"POST": by_id}),
+        Route("/healthz", {"GET": health_handler(store, settings, fair_use)}),
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
@@ -193,9 +327,9 @@ def create_app(settings: Settings, store: Store) -> App:
         admin = AdminApi(settings)
         routes.extend(admin.routes())
         on_shutdown.append(admin.close)
-    if settings.environment is Environment.SANDBOX:  # in production the path does not exist: 404
+    if sandbox:  # in production the path does not exist: 404
         test_orders = TestOrders(settings, store, HTTP_STATUS)
-        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": test_orders.handle}))
+        routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": with_sandbox_hints(test_orders.handle, "status")}))
         on_shutdown.append(test_orders.close)
     return App(
         routes,
@@ -213,4 +347,4 @@ def create_app(settings: Settings, store: Store) -> App:
 def create_app_from_env() -> App:
     """Factory for `uvicorn --factory` and worker processes: settings from ORDERCANCEL_*."""
     settings = Settings.from_env()
-    return create_app(settings, open_store(settings))
+    return create_app(settings, open_store(settings), metrics_dir=os.environ.get(MULTIPROC_ENV))

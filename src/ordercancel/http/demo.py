@@ -19,6 +19,7 @@ from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH
 DEMO_PREFIX = "/api/demo/"
 BY_NUMBER_PAGE = DEMO_PREFIX + "order-cancellation-by-number-api.htm"
 BY_ID_PAGE = DEMO_PREFIX + "order-cancellation-by-id-api.htm"
+FAVICON = DEMO_PREFIX + "favicon.svg"
 
 #: Only this origin, for everything; forms are never submitted natively (the script sends them).
 CONTENT_SECURITY_POLICY = (
@@ -52,8 +53,19 @@ def _options(values: list[str], selected: str) -> str:
     )
 
 
-def render_page(page: DemoPage, other: DemoPage, environment: Environment) -> bytes:
+def _demo_code_button(settings: Settings) -> str:
+    """The button that fills in the demo's API code: in the sandbox, when `make run` configured one."""
+    if settings.environment is not Environment.SANDBOX or not settings.demo_api_code:
+        return ""
+    return (
+        f'<button id="use-demo-code" type="button" class="secondary" data-code="{escape(settings.demo_api_code)}">'
+        "Use the demo code</button>"
+    )
+
+
+def render_page(page: DemoPage, other: DemoPage, settings: Settings) -> bytes:
     """Fill the page template for one API in one environment."""
+    environment = settings.environment
     template = Template((files("ordercancel.http") / "static" / "demo.html").read_text(encoding="utf-8"))
     sandbox = ""
     if environment is Environment.SANDBOX:
@@ -74,8 +86,16 @@ def render_page(page: DemoPage, other: DemoPage, environment: Environment) -> by
         other_path=escape(other.path),
         other_title=escape(other.title),
         sandbox_section=sandbox,
+        demo_code_button=_demo_code_button(settings),
     )
     return html.encode()
+
+
+def render_index(pages: list[DemoPage]) -> bytes:
+    """The sandbox's front page: where the demo pages and the API description are."""
+    template = Template((files("ordercancel.http") / "static" / "index.html").read_text(encoding="utf-8"))
+    links = "".join(f'<li><a href="{escape(page.path)}">{escape(page.title)} demo</a></li>' for page in pages)
+    return template.substitute(demo_links=links).encode()
 
 
 def _static(content: bytes, content_type: bytes) -> Handler:
@@ -107,9 +127,10 @@ def demo_routes(settings: Settings, by_number_path: str, by_id_path: str) -> lis
     )
     html = b"text/html; charset=utf-8"
     static = files("ordercancel.http") / "static"
-    return [
-        Route(by_number.path, {"GET": _static(render_page(by_number, by_id, settings.environment), html)}),
-        Route(by_id.path, {"GET": _static(render_page(by_id, by_number, settings.environment), html)}),
+    routes = [
+        Route(by_number.path, {"GET": _static(render_page(by_number, by_id, settings), html)}),
+        Route(by_id.path, {"GET": _static(render_page(by_id, by_number, settings), html)}),
+        Route(FAVICON, {"GET": _static((static / "favicon.svg").read_bytes(), b"image/svg+xml")}),
         Route(
             DEMO_PREFIX + "demo.js",
             {"GET": _static((static / "demo.js").read_bytes(), b"text/javascript; charset=utf-8")},
@@ -118,3 +139,6 @@ def demo_routes(settings: Settings, by_number_path: str, by_id_path: str) -> lis
             DEMO_PREFIX + "demo.css", {"GET": _static((static / "demo.css").read_bytes(), b"text/css; charset=utf-8")}
         ),
     ]
+    if settings.environment is Environment.SANDBOX:  # a browser pointed at the sandbox finds the demos; production: 404
+        routes.append(Route("/", {"GET": _static(render_index([by_number, by_id]), html)}))
+    return routes

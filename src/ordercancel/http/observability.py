@@ -7,14 +7,21 @@ carries the key's row id, which names a key to an operator without revealing it.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
 import sqlite3
+import tempfile
 import time
-from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from ordercancel.http.core import Handler, Request, Response
 
@@ -25,6 +32,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 #: scanner grow the metrics without bound.
 OTHER_ENDPOINT = "other"
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+#: The Prometheus client's own variable: the directory its multiprocess mode counts in.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,67 +101,108 @@ def is_database_error(error: BaseException | None) -> bool:
 class Metrics:
     """Requests by endpoint, outcome and status, a latency histogram per endpoint, database errors.
 
-    Counters live in this process: behind several workers, each answers for itself (see the README).
+    Given `multiprocess_dir`, every worker of `serve --workers N` counts into its own files there
+    (the Prometheus client's multiprocess mode) and `/metrics` on any of them sums all the files:
+    the deployment's figures, whichever worker a scrape reaches. Without it, the counts are this
+    process's own, for a single process and the tests.
     """
 
-    def __init__(self, endpoints: Iterable[str]) -> None:
+    def __init__(self, endpoints: Iterable[str], *, multiprocess_dir: str | None = None) -> None:
+        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            # The client picks its storage when it is first imported: counted in memory, nothing
+            # would reach the files, and every scrape would sum the other workers' files only.
+            raise RuntimeError(f"{MULTIPROC_ENV} must be set before prometheus_client is imported")
         self._endpoints = frozenset(endpoints)
-        self._requests: dict[tuple[str, str, int], int] = {}
-        self._buckets: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
-        self.database_errors = 0
+        registry = CollectorRegistry(auto_describe=True)  # this app's own: several apps may share a process
+        self._requests = Counter(
+            "ordercancel_requests_total",
+            "HTTP requests answered, by endpoint, outcome code and status.",
+            ("endpoint", "outcome", "status"),
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "ordercancel_request_duration_seconds",
+            "Time from the request reaching the app to its answer sent.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._database_errors = Counter(
+            "ordercancel_database_errors_total", "Requests that failed on a database error.", registry=registry
+        )
+        self._rate_limit_storage_errors = Counter(
+            "ordercancel_rate_limit_storage_errors_total",
+            "Rate-limit checks that failed on their storage (the request was served without the limit).",
+            registry=registry,
+        )
+        #: The bound methods to call for each (endpoint, outcome, status): `labels()` costs more
+        #: than the increments it leads to. Bounded: our endpoints, outcome codes and statuses.
+        self._bound: dict[tuple[str, int | None, int], tuple[Callable[[float], None], Callable[[float], None]]] = {}
+        self._scraped = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir is None:
+            self._scraped.register(_WithoutCreated(registry))
+        else:
+            MultiProcessCollector(self._scraped, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def count_rate_limit_storage_error(self) -> None:
+        self._rate_limit_storage_errors.inc()
 
     def endpoint(self, path: str) -> str:
         return path if path in self._endpoints else OTHER_ENDPOINT
 
+    def _bind(self, key: tuple[str, int | None, int]) -> tuple[Callable[[float], None], Callable[[float], None]]:
+        endpoint, outcome, status = key
+        count = self._requests.labels(endpoint, "-" if outcome is None else str(outcome), str(status)).inc
+        bound = self._bound[key] = (count, self._duration.labels(endpoint).observe)
+        return bound
+
     def observe(self, request: Request, response: Response, elapsed: float) -> None:
-        endpoint = request.path if request.path in self._endpoints else OTHER_ENDPOINT
-        outcome = "-" if response.outcome is None else str(response.outcome)
-        key = (endpoint, outcome, response.status)
-        self._requests[key] = self._requests.get(key, 0) + 1
-        buckets = self._buckets.get(endpoint)
-        if buckets is None:
-            buckets = self._buckets[endpoint] = [0] * (len(LATENCY_BUCKETS) + 1)
-            self._sums[endpoint] = 0.0
-        buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        self._sums[endpoint] += elapsed
+        key = (request.path if request.path in self._endpoints else OTHER_ENDPOINT, response.outcome, response.status)
+        count, duration = self._bound.get(key) or self._bind(key)
+        count(1)
+        duration(elapsed)
         if response.failure is not None and is_database_error(response.failure):
-            self.database_errors += 1
+            self._database_errors.inc()
 
     def exposition(self) -> bytes:
-        """Render the Prometheus text exposition format (version 0.0.4)."""
-        lines = [
-            "# HELP ordercancel_requests_total HTTP requests answered, by endpoint, outcome code and status.",
-            "# TYPE ordercancel_requests_total counter",
-        ]
-        for (endpoint, outcome, status), count in sorted(self._requests.items()):
-            lines.append(
-                f'ordercancel_requests_total{{endpoint="{endpoint}",outcome="{outcome}",status="{status}"}} {count}'
-            )
-        lines += [
-            "# HELP ordercancel_request_duration_seconds Time from the request reaching the app to its answer sent.",
-            "# TYPE ordercancel_request_duration_seconds histogram",
-        ]
-        name = "ordercancel_request_duration_seconds"
-        for endpoint, buckets in sorted(self._buckets.items()):
-            cumulative = 0
-            for bound, count in zip((*(repr(b) for b in LATENCY_BUCKETS), "+Inf"), buckets, strict=True):
-                cumulative += count
-                lines.append(f'{name}_bucket{{endpoint="{endpoint}",le="{bound}"}} {cumulative}')
-            lines.append(f'{name}_sum{{endpoint="{endpoint}"}} {self._sums[endpoint]!r}')
-            lines.append(f'{name}_count{{endpoint="{endpoint}"}} {cumulative}')
-        lines += [
-            "# HELP ordercancel_database_errors_total Requests that failed on a database error.",
-            "# TYPE ordercancel_database_errors_total counter",
-            f"ordercancel_database_errors_total {self.database_errors}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
+        """Render the Prometheus text exposition format (version 0.0.4), summed over the workers."""
+        return generate_latest(self._scraped)
 
     def handler(self) -> Handler:
         async def metrics(request: Request) -> Response:
             return Response(200, self.exposition(), METRICS_CONTENT_TYPE)
 
         return metrics
+
+
+class _WithoutCreated(Collector):
+    """Render in-process metrics as the multiprocess mode does: without the `_created` series.
+
+    One worker or several, a dashboard then sees the same series.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
+            yield metric
+
+
+def share_metrics_between_workers() -> str:
+    """Give the workers this process is about to start a fresh private metrics directory; remove it at exit.
+
+    Set before uvicorn spawns its workers, the variable reaches each of them before its first
+    import of prometheus_client. The directory is new, so no earlier run's counts are summed in.
+    A worker that dies leaves its files: its requests stay counted, as a counter must, and the
+    worker that replaces it counts into files of its own. (`mark_process_dead` only removes
+    live gauges' files, and there are none here.)
+    """
+    path = tempfile.mkdtemp(prefix="ordercancel-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class AccessLog:

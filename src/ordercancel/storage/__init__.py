@@ -9,9 +9,9 @@ from __future__ import annotations
 from ordercancel.config import Settings
 from ordercancel.storage.cache import RememberedKeys
 from ordercancel.storage.sqlite import SqliteStore
-from ordercancel.storage.steps import Attempt, Store
+from ordercancel.storage.steps import Attempt, Caller, Store
 
-__all__ = ["Attempt", "RememberedKeys", "SqliteStore", "Store", "open_store"]
+__all__ = ["Attempt", "Caller", "RememberedKeys", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:
@@ -30,7 +30,12 @@ def open_store(settings: Settings) -> Store:
         path = settings.sqlite_path()
         if path is None:
             raise ValueError(f"no store for the database URL {settings.database_url!r}")
-        store = SqliteStore(str(path), settings.environment, idempotency_ttl=settings.idempotency_ttl)
+        store = SqliteStore(
+            str(path),
+            settings.environment,
+            busy_timeout=settings.sqlite_busy_timeout,
+            idempotency_ttl=settings.idempotency_ttl,
+        )
     if settings.key_cache_seconds > 0:
         store = RememberedKeys(store, seconds=settings.key_cache_seconds)
     return store

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from ordercancel.domain import Outcome
-from ordercancel.storage.steps import Attempt, Store
+from ordercancel.storage.steps import Attempt, Caller, Store
 
 
 class RememberedKeys:
@@ -26,7 +26,7 @@ class RememberedKeys:
         self._seconds = seconds
         self._capacity = capacity
         self._clock = clock
-        self._known: dict[str, tuple[int, float]] = {}
+        self._known: dict[str, tuple[Caller, float]] = {}
 
     async def start(self) -> None:
         await self._store.start()
@@ -43,16 +43,16 @@ class RememberedKeys:
     async def prune(self, limit: int) -> int:
         return await self._store.prune(limit)
 
-    async def authenticate(self, code_hash: str) -> int | None:
+    async def authenticate(self, code_hash: str) -> Caller | None:
         now = self._clock()
         known = self._known.get(code_hash)
         if known is not None and known[1] > now:
             return known[0]
-        key_id = await self._store.authenticate(code_hash)
-        if key_id is None:
+        found = await self._store.authenticate(code_hash)
+        if found is None:
             self._known.pop(code_hash, None)
             return None
         if len(self._known) >= self._capacity:
             self._known.clear()  # rare (that many active keys in a few seconds): start afresh
-        self._known[code_hash] = (key_id, now + self._seconds)
-        return key_id
+        self._known[code_hash] = (found, now + self._seconds)
+        return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -13,23 +14,24 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
-from ordercancel.config import Settings
+from ordercancel.config import DEFAULT_SQLITE_BUSY_TIMEOUT, Settings
 
-#: Seconds a SQLite connection waits for another writer before giving up.
-SQLITE_BUSY_TIMEOUT = 10.0
+#: Seconds a SQLite connection waits for another writer before giving up, unless
+#: ORDERCANCEL_SQLITE_BUSY_TIMEOUT (Settings.sqlite_busy_timeout) says otherwise.
+SQLITE_BUSY_TIMEOUT = DEFAULT_SQLITE_BUSY_TIMEOUT
 
 
 class DatabaseNotReady(RuntimeError):
     """The database is missing or its schema is not the one this version needs."""
 
 
-def configure_sqlite(connection: sqlite3.Connection) -> None:
+def configure_sqlite(connection: sqlite3.Connection, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
     """Apply the settings every SQLite connection of ours uses.
 
     WAL lets readers go on while one writer commits; synchronous=FULL makes every commit
     durable before it is acknowledged (the writer groups commits to pay for that).
     """
-    connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
+    connection.execute(f"PRAGMA busy_timeout = {math.ceil(busy_timeout * 1000)}")
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute("PRAGMA foreign_keys = ON")
@@ -49,11 +51,12 @@ def create_sync_engine(settings: Settings, *, pool_size: int | None = None) -> E
     path = settings.sqlite_path()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(sqlalchemy_url(settings), connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+        timeout = settings.sqlite_busy_timeout
+        engine = create_engine(sqlalchemy_url(settings), connect_args={"timeout": timeout})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            configure_sqlite(dbapi_connection)
+            configure_sqlite(dbapi_connection, busy_timeout=timeout)
 
         return engine
     if pool_size is not None:

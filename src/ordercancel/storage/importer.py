@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -259,38 +258,34 @@ def _keys(row: Row | dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield label, value.strip().lower() if label == "orderId" else value.strip()
 
 
-def _conflicts(
-    connection: Connection, rows: list[Row], earlier: Iterable[tuple[int, dict[str, Any] | ValueError]]
-) -> list[RowError]:
-    """Name the rows of a refused chunk that clash with stored orders or with earlier rows of the file.
+def _repeats(connection: Connection, path: Path, skip: set[int]) -> list[RowError]:
+    """Name every row that repeats a number or ID of an earlier row, or of a stored order.
 
-    Runs after the rollback, so only orders stored before the import count as stored; the file
-    is read again up to the chunk to find repeats, which costs nothing on the way to success.
+    Runs after the rollback, so only orders stored before the import count as stored. The file
+    is read again (the rows in `skip`, already reported, are left out); this costs a dict of
+    the file's keys, only on the way to a failure, so that one pass reports every problem.
     """
-    wanted = {key: row for row in rows for key in _keys(row)}
-    found: dict[int, RowError] = {}
-    for label, column in (("orderNumber", orders.c.order_number), ("orderId", orders.c.order_id)):
-        keys = [value for kind, value in wanted if kind == label]
-        for start in range(0, len(keys), 500):
-            for (value,) in connection.execute(select(column).where(column.in_(keys[start : start + 500]))):
-                line = wanted[label, value].line
-                found.setdefault(line, RowError(line, f"{label} {value!r} exists already"))
     first_line: dict[tuple[str, str], int] = {}
-    last = rows[-1].line
-    for line, record in earlier:
-        if line > last:
-            break
-        if isinstance(record, ValueError):
-            continue
-        for key in _keys(record):
-            if key in wanted:
+    found: dict[int, RowError] = {}
+    with _records(path) as (records, _):
+        for line, record in records:
+            if isinstance(record, ValueError) or line in skip:
+                continue
+            for key in _keys(record):
                 seen = first_line.setdefault(key, line)
                 if seen != line:
                     found.setdefault(line, RowError(line, f"{key[0]} {key[1]!r} already on line {seen}"))
-    return sorted(found.values(), key=lambda error: error.line)[:MAX_ERRORS]
+    for label, column in (("orderNumber", orders.c.order_number), ("orderId", orders.c.order_id)):
+        keys = [value for kind, value in first_line if kind == label]
+        for start in range(0, len(keys), 500):
+            for (value,) in connection.execute(select(column).where(column.in_(keys[start : start + 500]))):
+                line = first_line[label, value]
+                found.setdefault(line, RowError(line, f"{label} {value!r} exists already"))
+    return list(found.values())
 
 
-Progress = Callable[[int, int], None]
+#: Told (bytes read, bytes in the file, rows read) after every chunk, and once at the end.
+Progress = Callable[[int, int, int], None]
 
 
 def import_orders(
@@ -308,40 +303,60 @@ def import_orders(
     report = ImportReport()
     started = time.perf_counter()
     size = path.stat().st_size
+    rows_read = 0
     with engine.connect() as connection:
         # The key lookup opens the transaction the whole file is written in.
         writer = _Writer(connection, active_key_id(connection, environment, api_code), clock())
         with _records(path) as (records, position):
             chunk: list[Row] = []
+            clashed = False  # a chunk repeated a unique key: from then on the rows are only checked
             try:
                 for row in validated_rows(records, report.errors, uuidgen):
+                    rows_read += 1
+                    if clashed:
+                        continue
                     chunk.append(row)
                     if len(chunk) >= chunk_size:
-                        writer.write(chunk)
-                        report.imported += len(chunk)
+                        clashed = not _write(writer, chunk, report)
                         chunk.clear()
                         if progress is not None:
-                            progress(position(), size)
-                if chunk and not report.errors:
-                    writer.write(chunk)
-                    report.imported += len(chunk)
+                            progress(position(), size, rows_read)
+                if chunk and not report.errors and not clashed:
+                    clashed = not _write(writer, chunk, report)
             except UnicodeDecodeError as error:
                 report.errors.append(RowError(0, f"the file is not UTF-8: {error.reason}"))
-            except DUPLICATE_ERRORS:
-                connection.rollback()
-                with _records(path) as (again, _):
-                    report.errors.extend(_conflicts(connection, chunk, again))
-                if not report.errors:
-                    raise
-            if report.errors:
-                connection.rollback()
-                report.imported = 0
-                raise ImportFailed(_failure_message(path, report.errors))
+            if clashed or report.errors:
+                _fail(connection, path, report)
             connection.commit()
     if progress is not None:
-        progress(size, size)
+        progress(size, size, rows_read)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _fail(connection: Connection, path: Path, report: ImportReport) -> None:
+    """Roll the file back and raise ImportFailed with every problem found, the repeats included."""
+    connection.rollback()
+    if len(report.errors) < MAX_ERRORS and not any(error.line == 0 for error in report.errors):
+        # Every problem in one pass: the repeats too, not only once the bad rows are fixed.
+        report.errors.extend(_repeats(connection, path, {error.line for error in report.errors}))
+        report.errors.sort(key=lambda error: error.line)
+        del report.errors[MAX_ERRORS:]
+    connection.rollback()
+    report.imported = 0
+    if not report.errors:
+        raise RuntimeError("the database refused a repeated key that a second look did not find")
+    raise ImportFailed(_failure_message(path, report.errors))
+
+
+def _write(writer: _Writer, chunk: list[Row], report: ImportReport) -> bool:
+    """Write a chunk; return False when the database refused it for repeating a unique key."""
+    try:
+        writer.write(chunk)
+    except DUPLICATE_ERRORS:
+        return False
+    report.imported += len(chunk)
+    return True
 
 
 @contextmanager
@@ -357,24 +372,3 @@ def _failure_message(path: Path, errors: list[RowError]) -> str:
     shown = "\n".join(f"  {path}:{error}" if error.line else f"  {path}: {error.message}" for error in errors)
     more = f"\n  (stopped after {MAX_ERRORS} bad rows)" if len(errors) >= MAX_ERRORS else ""
     return f"nothing imported from {path}: {len(errors)} bad row(s)\n{shown}{more}"
-
-
-class ProgressBar:
-    """A one-line progress bar on a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, stream: IO[str] = sys.stderr, width: int = 40) -> None:
-        self._stream = stream
-        self._width = width
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        share = done / total if total else 1.0
-        filled = int(share * self._width)
-        self._stream.write(f"\r[{'#' * filled}{'.' * (self._width - filled)}] {share:6.1%}")
-        if done >= total:
-            self._stream.write("\n")
-        self._stream.flush()

@@ -23,7 +23,15 @@ from psycopg_pool import AsyncConnectionPool
 from ordercancel.config import Environment
 from ordercancel.domain import Lookup, Outcome
 from ordercancel.storage.database import utcnow
-from ordercancel.storage.steps import Attempt, Clock, Statements, cancel_and_record_statement, cancellation_steps
+from ordercancel.storage.steps import (
+    Attempt,
+    Caller,
+    Clock,
+    Statements,
+    caller,
+    cancel_and_record_statement,
+    cancellation_steps,
+)
 
 #: Seconds a request waits for a free pooled connection before it is answered 500.
 POOL_TIMEOUT = 5.0
@@ -88,11 +96,11 @@ class PostgresStore:
         async with self._pool.connection() as connection:
             await connection.execute("SELECT 1 FROM api_keys LIMIT 1")
 
-    async def authenticate(self, code_hash: str) -> int | None:
+    async def authenticate(self, code_hash: str) -> Caller | None:
         params = {"hash": code_hash, "environment": self._environment}
         async with self._pool.connection() as connection:
             row = await (await connection.execute(STATEMENTS.authenticate, params)).fetchone()
-        return None if row is None else int(row[0])
+        return caller(row)
 
     async def cancel(self, attempt: Attempt) -> Outcome:
         now = self._clock()

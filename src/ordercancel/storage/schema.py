@@ -38,6 +38,8 @@ api_keys = Table(
     Column("name", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    # The key's own rate policy: NULL follows ORDERCANCEL_RATE_LIMIT, "none" lifts the limit.
+    Column("rate_limit", String(64)),
 )
 
 orders = Table(

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, TextClause, delet
 from sqlalchemy.exc import IntegrityError
 
 from ordercancel import domain
-from ordercancel.config import Environment
+from ordercancel.config import UNLIMITED, Environment, parse_rate
 from ordercancel.domain import (
     OPEN_STATUSES,
     OPERATOR_CANCELLATION,
@@ -91,6 +91,8 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    #: The key's own rate policy (None: the setting's; "none": no limit).
+    rate_limit: str | None = None
 
 
 def create_key(
@@ -127,15 +129,34 @@ def revoke_key(engine: Engine, environment: Environment, api_code: str, *, clock
         connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=clock()))
 
 
+#: The policy word that removes a key's own rate policy, so that it follows the setting again.
+DEFAULT_POLICY = "default"
+
+
+def set_rate_limit(engine: Engine, environment: Environment, api_code: str, policy: str) -> str | None:
+    """Give an API key a rate policy of its own (a rate, or "none"), or "default" to follow the setting."""
+    policy = policy.strip().lower() if policy.strip().lower() in (UNLIMITED, DEFAULT_POLICY) else policy.strip()
+    if policy not in (UNLIMITED, DEFAULT_POLICY):
+        try:
+            parse_rate(policy)
+        except ValueError as error:
+            raise InvalidValue(f"{error}, or 'none' (no limit), or 'default' (ORDERCANCEL_RATE_LIMIT)") from None
+    stored = None if policy == DEFAULT_POLICY else policy
+    with engine.begin() as connection:
+        key_id = active_key_id(connection, environment, api_code)
+        connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(rate_limit=stored))
+    return stored
+
+
 def list_keys(engine: Engine, environment: Environment) -> list[ApiKey]:
     query = (
-        select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at)
+        select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at, api_keys.c.rate_limit)
         .where(api_keys.c.environment == environment.value)
         .order_by(api_keys.c.id)
     )
     with engine.connect() as connection:
         return [
-            ApiKey(row.id, row.name, as_utc(row.created_at) or utcnow(), as_utc(row.revoked_at))
+            ApiKey(row.id, row.name, as_utc(row.created_at) or utcnow(), as_utc(row.revoked_at), row.rate_limit)
             for row in connection.execute(query)
         ]
 

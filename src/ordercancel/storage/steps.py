@@ -50,6 +50,13 @@ class Attempt:
     fingerprint: str = ""
 
 
+class Caller(NamedTuple):
+    """An active API key as the edge needs it: its row id, and its own rate policy (None: the setting)."""
+
+    key_id: int
+    rate_limit: str | None
+
+
 class Store(Protocol):
     async def start(self) -> None: ...
 
@@ -58,8 +65,8 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise unless the database answers."""
 
-    async def authenticate(self, code_hash: str) -> int | None:
-        """Return the id of the active API key with this hash in our environment, or None."""
+    async def authenticate(self, code_hash: str) -> Caller | None:
+        """Return the active API key with this hash in our environment, or None."""
 
     async def cancel(self, attempt: Attempt) -> Outcome:
         """Cancel the order if the rules allow, record the attempt, and say what happened."""
@@ -141,7 +148,14 @@ PRUNE_KEYS = (
     "DELETE FROM idempotency_keys WHERE id IN "
     "(SELECT id FROM idempotency_keys WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit)"
 )
-AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
+AUTHENTICATE = (
+    "SELECT id, rate_limit FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
+)
+
+
+def caller(row: Sequence[object] | None) -> Caller | None:
+    """Read the row of AUTHENTICATE."""
+    return None if row is None else Caller(int(str(row[0])), None if row[1] is None else str(row[1]))
 
 
 def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | None) -> tuple[int | None, Outcome]:

@@ -89,15 +89,32 @@
     return fields;
   }
 
-  function showOutcome(text, kind) {
+  function showOutcome(text, kind, hint) {
     const outcome = byId("outcome");
     outcome.textContent = text;
     outcome.className = `outcome ${kind}`;
+    // The sandbox's X-OrderCancel-Hint: why, in one sentence, where the code alone does not say.
+    const hintLine = byId("hint");
+    hintLine.textContent = hint ? `Hint: ${hint}` : "";
+    hintLine.hidden = !hint;
   }
+
+  let lastHint = null;
 
   /** POST a body to this server and show the exchange; return the decoded answer (or null). */
   async function exchange(path, mediaType, accept, body) {
     const apiCode = byId("api-code").value.trim();
+    lastHint = null;
+    if (!apiCode) {
+      // Sending it would only get a 401: say what is missing instead.
+      const demo = byId("use-demo-code");
+      showOutcome(
+        "Not sent: the API code is missing. Paste yours above" + (demo ? ", or use the demo code." : "."),
+        "refused",
+      );
+      byId("api-code").focus();
+      return null;
+    }
     const headers = { apiCode, "Content-Type": mediaType, Accept: accept };
     byId("request").textContent = [
       `POST ${path} HTTP/1.1`,
@@ -121,6 +138,7 @@
       return null;
     }
     const contentType = response.headers.get("content-type") || "";
+    lastHint = response.headers.get("x-ordercancel-hint");
     const lines = [`HTTP/1.1 ${response.status} ${response.statusText}`];
     response.headers.forEach((value, name) => lines.push(`${name}: ${value}`));
     lines.push("", pretty(contentType, text));
@@ -155,12 +173,20 @@
       );
       if (!answer) return;
       if (answer.isCanceled === true) {
-        showOutcome(`Cancelled: order ${answer.orderNumber} (${answer.orderId}).`, "ok");
+        showOutcome(`Cancelled: order ${answer.orderNumber} (${answer.orderId}).`, "ok", lastHint);
       } else {
-        showOutcome(`Not cancelled. ${describeError(answer)}`, "refused");
+        showOutcome(`Not cancelled. ${describeError(answer)}`, "refused", lastHint);
       }
     });
   });
+
+  const demoCode = byId("use-demo-code");
+  if (demoCode) {
+    demoCode.addEventListener("click", () => {
+      byId("api-code").value = demoCode.dataset.code;
+      showOutcome("The demo API code is filled in (masked): create a test order or cancel one.", "ok");
+    });
+  }
 
   const testOrderForm = byId("test-order-form");
   if (testOrderForm) {
@@ -184,9 +210,10 @@
             `Test order ${answer.orderNumber} (${answer.orderId}) created: ${answer.status}, ${answer.paymentStatus}` +
               (answer.engineer ? `, held by ${answer.engineer}.` : "."),
             "ok",
+            lastHint,
           );
         } else {
-          showOutcome(`No test order created. ${describeError(answer)}`, "refused");
+          showOutcome(`No test order created. ${describeError(answer)}`, "refused", lastHint);
         }
       });
     });

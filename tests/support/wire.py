@@ -12,6 +12,20 @@ BY_NUMBER = "/web-api/order/CancelOrderByNumber"
 BY_ID = "/web-api/order/CancelOrderById"
 FIELD = {BY_NUMBER: "orderNumber", BY_ID: "orderId"}
 MEDIA = {"json": "application/json", "xml": "text/xml"}
+#: The documented message of every requestError code.
+MESSAGES = {
+    401: "Unauthorized",
+    500: "Unknown Error. Try again later. If the problem persists, please contact us.",
+    501: "Wrong request body. Check if all parameters set correctly.",
+    502: "Please, send OrderId of order you want to cancel.",
+    503: "Please, send OrderNumber of order you want to cancel.",
+    504: "Wrong OrderId has been applied.",
+    505: "Wrong OrderNumber has been applied.",
+    506: "Order was not placed correctly. Contact us for more details.",
+    507: "Order has already been cancelled before.",
+    508: "Impossible to cancel order. Production has already been started. Contact us for more details.",
+    509: "Impossible to cancel order. Order processing has already been started. Contact us for more details.",
+}
 
 
 def request_body(fmt: str, endpoint: str, value: str) -> bytes:
