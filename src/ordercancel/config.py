@@ -9,6 +9,8 @@ from enum import StrEnum
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///var/ordercancel.db"
+#: The shortest admin token accepted: a shorter one could be guessed.
+MIN_ADMIN_TOKEN = 32
 
 
 class Environment(StrEnum):
@@ -27,7 +29,7 @@ class Settings:
     environment: Environment = Environment.SANDBOX
     #: Connections per process in the PostgreSQL pool.
     pool_size: int = 8
-    #: Token for the admin HTTP API; the API is disabled while it is empty.
+    #: Token for the admin HTTP API (at least 32 characters); the API is disabled while it is empty.
     admin_token: str = ""
     #: Largest request body read, in bytes (the contract's 64 KiB).
     max_body_bytes: int = 64 * 1024
@@ -40,6 +42,15 @@ class Settings:
     key_cache_seconds: float = 5.0
     #: Addresses whose X-Forwarded-For header is believed.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: Connections one process holds open; past it the longest idle one is closed (else 503).
+    #: Lowered at start to what the process's file-descriptor limit allows.
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        try:
+            _admin_token(self.admin_token)  # however the settings are made, not only from the environment
+        except ValueError as error:
+            raise ConfigError(f"ORDERCANCEL_ADMIN_TOKEN: {error}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +66,7 @@ class Settings:
             "max_concurrency": env.get("ORDERCANCEL_MAX_CONCURRENCY"),
             "trusted_proxies": env.get("ORDERCANCEL_TRUSTED_PROXIES"),
             "key_cache_seconds": env.get("ORDERCANCEL_KEY_CACHE_SECONDS"),
+            "max_connections": env.get("ORDERCANCEL_MAX_CONNECTIONS"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -115,6 +127,13 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+def _admin_token(text: str) -> str:
+    token = text.strip()
+    if token and len(token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters (or empty: no admin API), not {len(token)}")
+    return token
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -123,10 +142,11 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "database_url": _database_url,
     "environment": _environment,
     "pool_size": _positive_int,
-    "admin_token": str.strip,
+    "admin_token": _admin_token,
     "body_timeout": _positive_float,
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
     "key_cache_seconds": _non_negative_float,
+    "max_connections": _positive_int,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -20,12 +20,12 @@ from ordercancel.domain import (
     parse_guid,
 )
 from ordercancel.http.admin_api import AdminApi
-from ordercancel.http.core import App, Handler, Request, Response, Route
+from ordercancel.http.core import App, BodyTimeout, BodyTooLarge, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
 from ordercancel.http.observability import AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
-from ordercancel.storage import Attempt, Store, open_store
+from ordercancel.storage import Attempt, Store, authenticate_now, open_store
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -77,11 +77,19 @@ def cancel_handler(store: Store, *, by_id: bool) -> Handler:
         code_hash = api_key_hash(request)
         # Authentication comes before the body is read: a stranger's body is never parsed.
         key_id = None if code_hash is None else await store.authenticate(code_hash)
+        body = b""
+        if code_hash is not None and key_id is not None:
+            try:
+                body = await request.body()
+            except (BodyTooLarge, BodyTimeout):
+                # Refused without the database: the key must be active now, not when it was remembered.
+                if await authenticate_now(store, code_hash) is not None:
+                    raise
+                key_id = None
         request.key_id = key_id
         if key_id is None:
             outcome = Outcome(None, None, Unauthorized())
         else:
-            body = await request.body()
             echo = None
             try:
                 value = request_codec(request.header("content-type"), body).field(body, field)

@@ -89,9 +89,11 @@ def cancel_and_record_statement(column: str, param: str = ":value") -> str:
     )
 
 
+#: Records an attempt only while its key is active, and says so: a key revoked since it was
+#: looked up (remembered keys) records nothing and is answered 401, whatever its body said.
 RECORD_ATTEMPT = (
     "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id) "
-    "VALUES (:now, :key, :ref, :outcome, :request_id)"
+    f"SELECT :now, :key, CAST(:ref AS INTEGER), :outcome, :request_id WHERE {_KEY_ACTIVE} RETURNING id"
 )
 AUTHENTICATE = "SELECT id FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
 
@@ -184,5 +186,6 @@ def cancellation_steps(attempt: Attempt, now: object, statements: Statements = S
             outcome = Outcome(outcome.order_id, outcome.order_number, ProcessingStarted())
     if not isinstance(outcome.error, Unauthorized):
         params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
-        yield Step(statements.record_attempt, params, reads=False)
+        if (yield Step(statements.record_attempt, params)) is None:
+            outcome = Outcome(None, None, Unauthorized())
     return outcome
