@@ -84,8 +84,8 @@ def served_app(loaded: object) -> App:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """Count each request head's bytes from where it begins, time it from its first byte, bound the rest.
 
-    Most heads arrive whole in one read: for them the cost is one `bytes.find`, a few
-    additions in the parser's callbacks, and a few attribute writes; no timer is ever set.
+    Most heads arrive whole in one read smaller than the bound: for them the cost is a few
+    attribute writes and a look at the Transfer-Encoding; no timer is ever set.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,7 +102,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = False  # the parser has seen the head's first byte
         self._head_bytes = 0  # bytes of a head carried over from earlier reads
         self._began_here = False  # the current head began in the read being parsed
-        self._fresh_bytes = 0  # that head's bytes, counted by the parser's callbacks
+        self._big_read = False  # that read is larger than a head may be
         self._stopped = False  # nothing more is read
         self._over_cap = False
         self._pending: bytes | None = None  # a refusal to write once the answers before it are out
@@ -142,10 +142,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
         if not self._feed(data):
             return
-        if self._in_head and self._began_here:
-            # A head begun in this read and not complete: the callbacks counted its whole lines,
+        if self._in_head and self._head_started and self._began_here:
+            # A head begun in this read and not complete: the parser holds its whole lines,
             # the rest of it is what follows the read's last line end.
-            self._head_bytes = self._fresh_bytes + len(data) - (data.rfind(b"\r\n") + 2)
+            self._head_bytes = self._head_size() + len(data) - (data.rfind(b"\r\n") + 2)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, "Request Header Fields Too Large")
                 return
@@ -154,7 +154,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _feed(self, data: bytes) -> bool:
         """Parse a read; return whether the connection still reads."""
-        self._began_here = False
+        self._began_here, self._big_read = False, len(data) > MAX_HEAD_BYTES
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -171,19 +171,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_started, self._began_here, self._fresh_bytes = True, True, 0
-
-    def on_url(self, url: bytes) -> None:
-        if self._began_here:
-            self._count(len(url) + _LINE_BYTES)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._began_here:
-            self._count(len(name) + len(value) + _HEADER_BYTES)
-        super().on_header(name, value)
+        self._head_started, self._began_here, self._head_bytes = True, True, 0
 
     def on_headers_complete(self) -> None:
+        if self._big_read and self._began_here and self._head_size() > MAX_HEAD_BYTES:
+            # Only a read larger than the bound can hold a head past it: smaller ones cost nothing here.
+            self._refuse(431, "Request Header Fields Too Large")
+            raise _Stop()
         self._in_head = False
         self._cancel_timer()
         self._server.waiting.pop(self, None)
@@ -247,11 +241,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return 501, "Not Implemented"  # RFC 9112 6.1: a coding we do not know
         return None
 
-    def _count(self, size: int) -> None:
-        self._fresh_bytes += size
-        if self._fresh_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, "Request Header Fields Too Large")
-            raise _Stop()
+    def _head_size(self) -> int:
+        """The bytes of the current head's request line and complete headers, as parsed."""
+        return len(self.url) + _LINE_BYTES + sum(len(name) + len(value) + _HEADER_BYTES for name, value in self.headers)
 
     def _stop(self) -> None:
         """Read nothing more; the connection closes after the answers it owes (or their deadline)."""
