@@ -453,6 +453,20 @@ def test_a_refusal_to_a_client_expecting_100_continue_closes_without_inviting_th
         assert response.headers["connection"] == "close"
 
 
+def test_two_expect_100_continue_headers_on_a_refusal_do_not_invite_the_body(target: Target) -> None:
+    request_head = rawhttp.head(
+        "POST",
+        BY_NUMBER,
+        [("apiCode", "nobody"), ("Content-Length", "100"), ("Expect", "100-continue")] * 1
+        + [("Expect", "100-continue")],
+    )
+    with socket.create_connection(("127.0.0.1", target.served.port)) as sock:
+        sock.sendall(request_head)
+        response = rawhttp.read_response(sock, timeout=0.9)  # under the body deadline of the target
+        assert response.raw_head.startswith(b"HTTP/1.1 401 ")
+        assert response.headers["connection"] == "close"
+
+
 def test_a_client_trickling_its_body_is_cut_off_with_408(target: Target) -> None:
     body = b'{"orderNumber": "IMC100000"}'
     headers = {"apiCode": target.api_code, "Accept": "application/json", "Content-Type": "application/json"}

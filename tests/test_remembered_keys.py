@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 
 import httpx
+import pytest
 from sqlalchemy import Engine, func, select
 
 from ordercancel.config import Settings
@@ -60,3 +61,27 @@ def test_a_remembered_code_is_looked_up_again_once_its_time_is_up(
 def test_remembering_can_be_turned_off(settings: Settings) -> None:
     assert isinstance(open_store(settings), RememberedKeys)
     assert not isinstance(open_store(replace(settings, key_cache_seconds=0)), RememberedKeys)
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"orderNumber":"a b"}', b"{}", b'{"orderNumber": "IMC999999"}'])
+def test_a_code_revoked_while_remembered_is_refused_401_whatever_its_body_and_nothing_is_recorded(
+    http: httpx.Client, api_code: str, make_order: OrderFactory, engine: Engine, settings: Settings, body: bytes
+) -> None:
+    headers = {"apiCode": api_code, "Accept": "application/json", "Content-Type": "application/json"}
+    assert decode(http.post(BY_NUMBER, json={"orderNumber": make_order().order_number}, headers=headers))["isCanceled"]
+    service.revoke_key(engine, settings.environment, api_code)  # the server still remembers the code
+    response = http.post(BY_NUMBER, content=body, headers=headers)
+    assert (response.status_code, decode(response)["requestError"]["code"]) == (401, 401)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(cancellation_attempts)) == 1
+
+
+def test_a_code_revoked_while_remembered_gets_401_not_413_for_a_body_too_large(
+    http: httpx.Client, api_code: str, make_order: OrderFactory, engine: Engine, settings: Settings
+) -> None:
+    headers = {"apiCode": api_code, "Accept": "application/json"}
+    assert decode(http.post(BY_NUMBER, json={"orderNumber": make_order().order_number}, headers=headers))["isCanceled"]
+    assert http.post(BY_NUMBER, content=b" " * (settings.max_body_bytes + 1), headers=headers).status_code == 413
+    service.revoke_key(engine, settings.environment, api_code)
+    response = http.post(BY_NUMBER, content=b" " * (settings.max_body_bytes + 1), headers=headers)
+    assert response.status_code == 401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import sys
 import time
@@ -329,6 +330,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if path and not os.path.isfile(path):
             raise CliError(f"no such file: {path}")
     scheme = "https" if args.ssl_certfile else "http"
+    connections = connection_cap(settings)
     print(f"ordercancel ({settings.environment.value}) on {scheme}://{args.host}:{args.port}", flush=True)
     if args.workers > 1:  # so that /metrics on any worker sums them all
         share_metrics_between_workers()
@@ -342,7 +344,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
         log_level="warning",
         log_config=logging_config(args.log_level.upper()),
-        http=BoundedHttpToolsProtocol,  # uvicorn's own, with a bounded request head (size and time)
+        http=BoundedHttpToolsProtocol,  # uvicorn's own, with bounded heads, pipelines and connections
+        limit_concurrency=connections,  # open connections per process: BoundedHttpToolsProtocol enforces it
+        backlog=min(2048, connections),  # a connection the kernel holds longer than that would time out anyway
+        ws="none",  # no WebSocket: an upgrade is refused like every other request we cannot serve
         # Not "auto", which falls back to asyncio's loop without a word: that loop leaves Nagle on
         # for uvicorn's sockets and so adds the client's delayed ACK (40 ms) to every response.
         loop="uvloop",
@@ -353,6 +358,32 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         forwarded_allow_ips=list(settings.trusted_proxies),
     )
     return 0
+
+
+#: File descriptors kept for what is not a client connection: the listening socket, the database, logs.
+RESERVED_DESCRIPTORS = 64
+
+
+def connection_cap(settings: Settings) -> int:
+    """Raise the soft file-descriptor limit as far as the hard one allows; return the connections it leaves room for.
+
+    A process out of descriptors cannot even accept a connection to refuse it: the kernel
+    then resets new clients while idle ones hold every descriptor.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.max_connections + RESERVED_DESCRIPTORS + settings.pool_size
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard) and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    room = soft - RESERVED_DESCRIPTORS - settings.pool_size if soft != resource.RLIM_INFINITY else wanted
+    if room < settings.max_connections:
+        print(
+            f"ordercancel: the file-descriptor limit ({soft}) leaves room for {max(room, 1)} connections,"
+            f" not ORDERCANCEL_MAX_CONNECTIONS={settings.max_connections}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return max(1, min(room, settings.max_connections))
 
 
 _LIFECYCLE_COMMANDS: list[tuple[str, Command, str, Callable[[argparse.ArgumentParser], object]]] = [

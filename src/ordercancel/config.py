@@ -16,6 +16,8 @@ from limits import RateLimitItem
 from ordercancel.domain import parse_guid
 
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+#: The shortest admin token accepted: a shorter one could be guessed.
+MIN_ADMIN_TOKEN = 32
 
 #: Where the default database lives: the user's data directory (XDG), the same from every
 #: directory, so that a command run elsewhere never finds (or makes) another, empty database.
@@ -56,7 +58,7 @@ class Settings:
     environment: Environment = Environment.SANDBOX
     #: Connections per process in the PostgreSQL pool.
     pool_size: int = 8
-    #: Token for the admin HTTP API; the API is disabled while it is empty.
+    #: Token for the admin HTTP API (at least 32 characters); the API is disabled while it is empty.
     admin_token: str = ""
     #: Largest request body read, in bytes (the contract's 64 KiB).
     max_body_bytes: int = 64 * 1024
@@ -82,6 +84,15 @@ class Settings:
     rate_limit_storage: str | None = None
     #: 401s an address may earn in a minute before it is answered 429 for the rest of that minute.
     auth_failures: int = 20
+    #: Connections one process holds open; past it the longest idle one is closed (else 503).
+    #: Lowered at start to what the process's file-descriptor limit allows.
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        try:
+            _admin_token(self.admin_token)  # however the settings are made, not only from the environment
+        except ValueError as error:
+            raise ConfigError(f"ORDERCANCEL_ADMIN_TOKEN: {error}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +114,7 @@ class Settings:
             "rate_limit": env.get("ORDERCANCEL_RATE_LIMIT"),
             "rate_limit_storage": env.get("ORDERCANCEL_RATE_LIMIT_STORAGE"),
             "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
+            "max_connections": env.get("ORDERCANCEL_MAX_CONNECTIONS"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -223,6 +235,13 @@ def _redis_url(text: str) -> str | None:
     return text
 
 
+def _admin_token(text: str) -> str:
+    token = text.strip()
+    if token and len(token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters (or empty: no admin API), not {len(token)}")
+    return token
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -231,7 +250,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "database_url": _database_url,
     "environment": _environment,
     "pool_size": _positive_int,
-    "admin_token": str.strip,
+    "admin_token": _admin_token,
     "body_timeout": _positive_float,
     "max_concurrency": _positive_int,
     "trusted_proxies": _addresses,
@@ -242,5 +261,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "rate_limit": _rate,
     "rate_limit_storage": _redis_url,
     "auth_failures": _positive_int,
+    "max_connections": _positive_int,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

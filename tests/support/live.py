@@ -14,7 +14,7 @@ from ordercancel.http.app import create_app
 from ordercancel.storage import open_store
 
 #: The bearer token of the `admin_server` fixture's admin API.
-ADMIN_TOKEN = "test-admin-token-5f1c"
+ADMIN_TOKEN = "test-admin-token-5f1c-0123456789abcdef"
 
 
 class LiveServer:
@@ -26,7 +26,11 @@ class LiveServer:
         self._socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         config = uvicorn.Config(
-            create_app(settings, open_store(settings)), log_level="warning", access_log=False, lifespan="on"
+            create_app(settings, open_store(settings)),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            ws="none",  # as under `ordercancel serve`: an upgrade is refused, never a WebSocket
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)

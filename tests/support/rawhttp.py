@@ -99,3 +99,32 @@ def chunked(chunks: Iterable[bytes]) -> Iterable[bytes]:
     for chunk in chunks:
         yield b"%x\r\n%s\r\n" % (len(chunk), chunk)
     yield b"0\r\n\r\n"
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read everything the server sends until it closes the connection (a reset counts as closed)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise TimeoutError(f"the connection is still open after {timeout} s")
+
+
+def split_responses(data: bytes) -> list[RawResponse]:
+    """Cut the bytes of pipelined answers (each with a Content-Length) into responses."""
+    responses = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+        length = int(headers.get("content-length", "0"))
+        responses.append(RawResponse(int(status_line.split()[1]), headers, rest[:length], raw_head=head))
+        data = rest[length:]
+    return responses

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,7 @@ class ServeProcess:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         ca_file: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         self.database_url = database_url
         self.log_path = log_path
@@ -50,13 +52,20 @@ class ServeProcess:
         }
         self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.process: subprocess.Popen[bytes] | None = None
+        self._preexec_fn = preexec_fn  # run in the child before it starts: e.g. lower its limits
 
     def client(self, **options: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self._verify, **options)  # type: ignore[arg-type]
 
     def start(self, timeout: float = 20.0) -> ServeProcess:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self._args, env=self._env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                self._args,
+                env=self._env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=self._preexec_fn,  # noqa: PLW1509 (setrlimit only)
+            )
         deadline = time.monotonic() + timeout
         with self.client(timeout=1) as client:
             while time.monotonic() < deadline:

@@ -34,7 +34,7 @@ from ordercancel.domain import (
     parse_guid,
 )
 from ordercancel.http.admin_api import AdminApi
-from ordercancel.http.core import App, Handler, Request, Response, Route
+from ordercancel.http.core import App, BodyTimeout, BodyTooLarge, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
 from ordercancel.http.fairuse import FairUse
 from ordercancel.http.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -42,7 +42,7 @@ from ordercancel.http.idempotency import REPLAYED_HEADER, InFlight, Sweeper, fin
 from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
-from ordercancel.storage import Attempt, Store, open_store
+from ordercancel.storage import Attempt, Store, authenticate_now, open_store
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -180,6 +180,7 @@ class Admission:
 
     headers: Sequence[tuple[bytes, bytes]] = ()
     key_id: int = 0
+    code_hash: str = ""
     idempotency_key: str | None = None
     refusal: RequestError | None = None
 
@@ -198,13 +199,18 @@ async def admission(store: Store, fair_use: FairUse, request: Request) -> Admiss
         return Admission(refusal=Unauthorized())
     request.key_id = caller.key_id
     admitted = await fair_use.admit_key(code_hash, caller.rate_limit)
-    if not admitted.allowed:  # before the body is read: nothing is recorded, nothing changes
-        return Admission(admitted.headers, caller.key_id, refusal=TooManyRequests())
+    refusal: RequestError | None = None if admitted.allowed else TooManyRequests()
+    idempotency_key = None
     try:
         idempotency_key = parse_key(request.header(IDEMPOTENCY_HEADER))
-    except InvalidIdempotencyKey as error:  # refused before the body is read: nothing is kept
-        return Admission(admitted.headers, caller.key_id, refusal=error)
-    return Admission(admitted.headers, caller.key_id, idempotency_key)
+    except InvalidIdempotencyKey as error:
+        refusal = refusal or error
+    # Refused before the body is read and without the database (nothing is recorded or kept):
+    # the key must be active now, not only when this process last looked it up.
+    if refusal is not None and await authenticate_now(store, code_hash) is None:
+        request.key_id = None
+        return Admission(refusal=Unauthorized())
+    return Admission(admitted.headers, caller.key_id, code_hash, idempotency_key, refusal)
 
 
 def cancel_handler(store: Store, fair_use: FairUse, in_flight: InFlight, *, by_id: bool) -> Handler:
@@ -215,8 +221,16 @@ def cancel_handler(store: Store, fair_use: FairUse, in_flight: InFlight, *, by_i
         admitted = await admission(store, fair_use, request)
         if admitted.refusal is not None:
             return answer(negotiated, Outcome(None, None, admitted.refusal), admitted.headers)
+        try:
+            body = await request.body()
+        except (BodyTooLarge, BodyTimeout):
+            # Refused without the database: the key must be active now, not when it was remembered.
+            if await authenticate_now(store, admitted.code_hash) is not None:
+                raise
+            request.key_id = None
+            return answer(negotiated, Outcome(None, None, Unauthorized()))
         blank = Attempt(admitted.key_id, request.request_id, WrongRequestBody())
-        attempt = read_attempt(blank, path, request, await request.body(), by_id=by_id)
+        attempt = read_attempt(blank, path, request, body, by_id=by_id)
         key = admitted.idempotency_key
         if key is None:
             return answer(negotiated, await store.cancel(attempt), admitted.headers)

@@ -22,6 +22,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Handler = Callable[["Request"], Awaitable["Response"]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("ordercancel")
 
@@ -141,7 +142,7 @@ class Request:
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return False  # known to be too costly: not a byte of it is read
-        if not self.body_asked and self.headers.get("expect", "").lower() == "100-continue":
+        if not self.body_asked and _expects_continue(self.headers.get("expect", "")):
             return False  # the client waits for our word before it sends the body: it will not come
         try:
             await self._deadlines.read(self._drop(limit))
@@ -159,6 +160,11 @@ class Request:
             if not message.get("more_body", False):
                 self.body_complete = True
                 return
+
+
+def _expects_continue(expect: str) -> bool:
+    """Tell whether any of the request's Expect values (repeated headers are joined by commas) is 100-continue."""
+    return "100-continue" in (part.strip() for part in expect.lower().split(","))
 
 
 @dataclass(slots=True)
@@ -181,7 +187,8 @@ class Route:
     methods: dict[str, Handler]
 
     def pattern(self) -> re.Pattern[str]:
-        return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)) + r"\Z")
+        # A parameter never holds a control character (a NUL is refused here, not by a database).
+        return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/\\x00-\\x1f\\x7f]+)", re.escape(self.path)) + r"\Z")
 
 
 _BODY_FAILURES = {BodyTooLarge: (413, "Payload Too Large"), BodyTimeout: (408, "Request Timeout")}
@@ -226,6 +233,24 @@ class App:
         self._max_concurrency = max_concurrency
         self._in_flight = 0
 
+    @property
+    def body_timeout(self) -> float:
+        """The seconds a client has to send a request body (and, in protocol.py, a head)."""
+        return self._deadlines.timeout
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers every answer carries, for answers written before there is a request."""
+        return list(self._default_headers)
+
+    def refusal(self, status: int, reason: str) -> AsgiApp:
+        """Return an ASGI app that answers any request with this refusal and closes, unread and unrouted."""
+
+        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._http(scope, receive, send, refusal=(status, reason))
+
+        return refuse
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
@@ -260,7 +285,7 @@ class App:
                 return candidate, match.groupdict()
         return None
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, refusal: tuple[int, str] | None = None) -> None:
         started = time.perf_counter()
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
@@ -281,8 +306,12 @@ class App:
             _max_body=self._max_body,
             _deadlines=self._deadlines,
         )
-        response = await self._respond(request)
-        if not request.body_complete and not await self._drains_the_rest(request, response.status):
+        if refusal is None:
+            response = await self._respond(request)
+            if not request.body_complete and not await self._drains_the_rest(request, response.status):
+                response.headers.append((b"connection", b"close"))
+        else:
+            response = self._error(request, *refusal)
             response.headers.append((b"connection", b"close"))
         response.headers.extend(self._default_headers)
         response.headers.append((b"x-request-id", request.request_id.encode()))

@@ -7,11 +7,11 @@ Nothing here imports the HTTP layer or the command line.
 from __future__ import annotations
 
 from ordercancel.config import Settings
-from ordercancel.storage.cache import RememberedKeys
+from ordercancel.storage.cache import RememberedKeys, authenticate_now
 from ordercancel.storage.sqlite import SqliteStore
 from ordercancel.storage.steps import Attempt, Caller, Store
 
-__all__ = ["Attempt", "Caller", "RememberedKeys", "SqliteStore", "Store", "open_store"]
+__all__ = ["Attempt", "Caller", "RememberedKeys", "SqliteStore", "Store", "authenticate_now", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

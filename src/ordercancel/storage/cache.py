@@ -16,7 +16,10 @@ class RememberedKeys:
     (on PostgreSQL, one of the two a cancellation needs). It is only ever a hint: every
     cancellation checks again, in its own conditional statement, that the key is active, so a
     key revoked a moment ago still cannot cancel anything: its requests are answered 401 by that
-    check. Unknown codes are never remembered, so strangers cannot fill the memory.
+    check, and a refusal recorded for it is recorded only while the key is active. A refusal
+    that needs no database (a body too large or too slow) must not rest on the memory alone:
+    it asks `authenticate_now`. Unknown codes are never remembered, so strangers cannot fill
+    the memory.
     """
 
     def __init__(
@@ -27,6 +30,9 @@ class RememberedKeys:
         self._capacity = capacity
         self._clock = clock
         self._known: dict[str, tuple[Caller, float]] = {}
+
+    def forget(self, code_hash: str) -> None:
+        self._known.pop(code_hash, None)
 
     async def start(self) -> None:
         await self._store.start()
@@ -56,3 +62,10 @@ class RememberedKeys:
             self._known.clear()  # rare (that many active keys in a few seconds): start afresh
         self._known[code_hash] = (found, now + self._seconds)
         return found
+
+
+async def authenticate_now(store: Store, code_hash: str) -> Caller | None:
+    """Look an API code up in the database itself, past whatever the store remembers of it."""
+    if isinstance(store, RememberedKeys):
+        store.forget(code_hash)
+    return await store.authenticate(code_hash)

@@ -120,9 +120,11 @@ def cancel_and_record_statement(column: str, param: str = ":value") -> str:
     )
 
 
+#: Records an attempt only while its key is active, and says so: a key revoked since it was
+#: looked up (remembered keys) records nothing and is answered 401, whatever its body said.
 RECORD_ATTEMPT = (
     "INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id, replayed) "
-    "VALUES (:now, :key, :ref, :outcome, :request_id, :replayed)"
+    f"SELECT :now, :key, CAST(:ref AS INTEGER), :outcome, :request_id, :replayed WHERE {_KEY_ACTIVE} RETURNING id"
 )
 #: Take an Idempotency-Key for this request: a new one, or one whose time is up. No row: it is taken.
 CLAIM_KEY = (
@@ -253,16 +255,16 @@ def cancellation_steps(
     if attempt.idempotency_key is not None and (yield Step(statements.claim_key, params)) is None:
         return (yield from _told_again(attempt, params, statements))
     outcome, ref = yield from _cancellation(attempt, params, statements)
+    if not isinstance(outcome.error, Unauthorized):
+        params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
+        if (yield Step(statements.record_attempt, params)) is None:  # the key was revoked meanwhile
+            outcome = Outcome(None, None, Unauthorized())
     if attempt.idempotency_key is not None:
         if isinstance(outcome.error, Unauthorized):  # nothing is kept for a key revoked meanwhile
             yield Step(statements.release_key, params, reads=False)
         else:
-            code = outcome.error.code if outcome.error else 0
-            params.update(outcome=code, order_id=outcome.order_id, order_number=outcome.order_number, ref=ref)
+            params.update(order_id=outcome.order_id, order_number=outcome.order_number)
             yield Step(statements.complete_key, params, reads=False)
-    if not isinstance(outcome.error, Unauthorized):
-        params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
-        yield Step(statements.record_attempt, params, reads=False)
     return outcome
 
 
@@ -304,5 +306,6 @@ def _told_again(attempt: Attempt, params: dict[str, object], statements: Stateme
         ref = None if row[4] is None else int(str(row[4]))
         outcome = Outcome(order_id, number, error, replayed=True)
     params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0, replayed=outcome.replayed)
-    yield Step(statements.record_attempt, params, reads=False)
+    if (yield Step(statements.record_attempt, params)) is None:  # the key was revoked meanwhile
+        return Outcome(None, None, Unauthorized())
     return outcome
