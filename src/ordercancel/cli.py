@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ordercancel import cancel_command
+from ordercancel import __version__, cancel_command
 from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import Order, PaymentStatus, ProductionStatus
 from ordercancel.http.observability import logging_config
@@ -325,6 +325,7 @@ def _parser() -> argparse.ArgumentParser:
         "--environment", default=argparse.SUPPRESS, help="sandbox or production; overrides ORDERCANCEL_ENVIRONMENT"
     )
     parser = argparse.ArgumentParser(prog="ordercancel", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"ordercancel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(group: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from ordercancel import __version__
+from ordercancel.client._version import __version__
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -513,6 +513,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",
+    "__version__",
     "production_url",
     "sandbox_url",
 ]
