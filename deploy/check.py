@@ -783,7 +783,9 @@ def main(argv: list[str] | None = None) -> int:
         with scratch_database(args.postgres_url) as database_url:
             try:
                 d = deploy(tmp, database_url, processes, args.workers)
-                ports = f"backends a :{d.backends[0].port}, b :{d.backends[1].port} (serve --workers {args.workers} each)"
+                ports = (
+                    f"backends a :{d.backends[0].port}, b :{d.backends[1].port} (serve --workers {args.workers} each)"
+                )
                 print(
                     f"deployed on loopback: {ports}, nginx :{d.edge_port}, prometheus :{d.prometheus_port}", flush=True
                 )
