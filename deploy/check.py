@@ -819,7 +819,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stopped_figure(processes: Processes, postgres_url: str) -> str:
-    left = group_members(processes.groups())
+    # A worker whose supervisor was killed first is reparented and reaped a moment later: wait for it.
+    deadline = time.monotonic() + 15
+    while (left := group_members(processes.groups())) and time.monotonic() < deadline:
+        time.sleep(0.1)
     with psycopg.connect(postgres_url) as admin:
         databases = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{SCRATCH_PREFIX}%",))
         scratch = [row[0] for row in databases]
