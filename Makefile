@@ -8,12 +8,14 @@ export ORDERCANCEL_ENVIRONMENT ?= sandbox
 # make bench also measures PostgreSQL here (a scratch database is created); empty it to skip.
 BENCH_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install run test test-fast check lint format clean bench
+.PHONY: install run test test-fast check lint format clean bench dist deploy-check
 
-$(BIN)/.installed: pyproject.toml
+# The client is its own distribution (client/), which the server's requires at the same version:
+# both are installed editable, in one pip run, so the requirement is met by the working tree.
+$(BIN)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -35,15 +37,16 @@ test-fast: install
 	$(BIN)/pytest -q -m "not postgres and not browser and not subprocess" $(PYTEST_ARGS)
 
 check: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/mypy
 	$(BIN)/mypy --strict bench
+	$(BIN)/mypy --strict deploy/check.py
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench deploy
+	$(BIN)/ruff format src tests bench deploy
 
 # Seed, serve and load the service; print the table (ARGS=--quick for about a minute).
 bench: install
@@ -51,7 +54,19 @@ bench: install
 	$(BIN)/python bench/bench.py $(if $(BENCH_POSTGRES_URL),--database-url $(BENCH_POSTGRES_URL)) $(ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache dist client/dist
+
+# Wheels and sdists of both distributions, ordercancel and ordercancel-client, into dist/.
+dist: install
+	rm -rf dist build client/build src/*.egg-info client/src/*.egg-info
+	$(BIN)/python -m build --outdir dist client
+	$(BIN)/python -m build --outdir dist .
+	@ls -l dist
+
+# The deployment in deploy/, run for real on loopback: PostgreSQL, two serve processes, nginx, prometheus.
+DEPLOY_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+deploy-check: install
+	$(BIN)/python deploy/check.py --postgres-url $(DEPLOY_POSTGRES_URL) $(ARGS)
 
 # Hardening (issue 6): the long runs behind the README's Security figures.
 .PHONY: fuzz crash soak

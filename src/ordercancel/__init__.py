@@ -1,4 +1,7 @@
 """ordercancel: the Order Cancellation API, wire-compatible with the published one."""
 
-__version__ = "0.1.0"
+# The version is written once, in the client's package: the client is installed alone too, and
+# the server depends on exactly the same version of it.
+from ordercancel.client._version import __version__
+
 __all__ = ["__version__"]

@@ -38,7 +38,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from ordercancel import __version__
+from ordercancel.client._version import __version__
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -645,6 +645,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",
+    "__version__",
     "production_url",
     "sandbox_url",
 ]
