@@ -9,7 +9,6 @@ reader does not own. Blocks with any other info string (`console`, `text`, ...) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,24 +34,6 @@ _HOLDS_THE_TERMINAL = re.compile(r"\b(make (?:run|test|bench|fuzz|crash|soak)\b|
 #: Answers that mean an example used what the reader does not have.
 _FORBIDDEN_OUTCOMES = {401, 404, 504, 505}
 
-#: The README's blocks before the docs split (issue 15), known not to run as written, by the
-#: SHA-256 of their text: why each fails. A block whose text changes is run for real.
-#: (The lead can drop this table once the split README's blocks run.)
-KNOWN_BROKEN_README_BLOCKS: dict[str, str] = {
-    "2b2ed3d0aa406ae4": "make run and make test hold the terminal for minutes: mark the block console",
-    "f645866bf753899b": "a hard-coded API code, URL and order IMC000001, and its output inside the block",
-    "037a58f1892d9aad": "$CODE is never set (curl gets 401), and the URL is hard-coded",
-    "625f171af7719a8e": "$CODE is never set, and order IMC000001 is not the reader's (505)",
-    "2faf77fbd765cfdb": "api_code is undefined (NameError)",
-    "a1bf04dce91ed94c": "$CODE is never set, the order and its ID are hard-coded, and so is the URL",
-    "1c7d796346365b61": "orders.jsonl and orders.csv are files the reader does not have; CODE is a placeholder",
-    "4f1a3f22e89becd3": "make bench runs for minutes: mark the block console",
-    "cdc968497d55ab9c": "a production deployment's configuration (db.internal): mark the block console",
-    "20283c50db7d11b2": "order IMC000123 is not the reader's",
-    "f174a639eced948f": "a synopsis with [optional] parts, not a command: mark the block text",
-    "1726e0b0f9eef00b": "ordercancel serve holds the terminal: mark the block console",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Block:
@@ -64,10 +45,6 @@ class Block:
     @property
     def name(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
 
 def runnable_blocks(path: Path) -> list[Block]:
@@ -85,9 +62,7 @@ def runnable_blocks(path: Path) -> list[Block]:
 def _cases() -> Iterator[object]:
     for path in DOCUMENTS:
         for block in runnable_blocks(path):
-            reason = KNOWN_BROKEN_README_BLOCKS.get(block.digest) if path.name == "README.md" else None
-            marks = [pytest.mark.xfail(run=False, reason=reason)] if reason else []
-            yield pytest.param(block, id=block.name, marks=marks)
+            yield pytest.param(block, id=block.name)
 
 
 @dataclass
