@@ -19,7 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ordercancel.config import Settings
-from ordercancel.http.app import create_app
+from ordercancel.http.app import admin_engine, create_app
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
 from ordercancel.storage import open_store
 
@@ -73,7 +73,9 @@ def batch(protocol_class: type[HttpToolsProtocol], loop: asyncio.AbstractEventLo
 
 def main() -> None:
     loop = asyncio.new_event_loop()
-    config = uvicorn.Config(create_app(Settings(), open_store(Settings())), limit_concurrency=4096)
+    config = uvicorn.Config(
+        create_app(Settings(), open_store(Settings()), admin_engine(Settings())), limit_concurrency=4096
+    )
     # The machine is shared: batches of both alternate, and the fastest batch of each is the cost
     # without the neighbours' interference.
     plain, bounded = [], []

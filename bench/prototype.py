@@ -34,6 +34,7 @@ import orjson
 import bench.bench as harness
 from ordercancel.config import Settings
 from ordercancel.domain import Outcome
+from ordercancel.http.app import admin_engine
 from ordercancel.http.app import create_app as service_app
 from ordercancel.http.core import App, Request, Response
 from ordercancel.http.observability import ACCESS_LOGGER, AccessLog, Metrics
@@ -127,10 +128,15 @@ def _loop_store(settings: Settings) -> Store:
     return RememberedKeys(store, seconds=settings.key_cache_seconds)
 
 
+def _app(store: Callable[[Settings], Store]) -> App:
+    settings = Settings.from_env()
+    return service_app(settings, store(settings), admin_engine(settings))
+
+
 FACTORIES: dict[str, Callable[[], App]] = {
-    "loop-store": lambda: service_app(Settings.from_env(), _loop_store(Settings.from_env())),
-    "one-step-log": lambda: one_step_log(service_app(Settings.from_env(), open_store(Settings.from_env()))),
-    "both": lambda: one_step_log(service_app(Settings.from_env(), _loop_store(Settings.from_env()))),
+    "loop-store": lambda: _app(_loop_store),
+    "one-step-log": lambda: one_step_log(_app(open_store)),
+    "both": lambda: one_step_log(_app(_loop_store)),
 }
 
 

@@ -24,7 +24,7 @@ from ordercancel import client as oc
 from ordercancel import domain
 from ordercancel.config import Environment, Settings
 from ordercancel.domain import ProductionStatus
-from ordercancel.http.app import create_app
+from ordercancel.http.app import admin_engine, create_app
 from ordercancel.storage import Store, database, open_store, service
 from ordercancel.storage.schema import cancellation_attempts
 from tests.support.live import LiveServer
@@ -54,7 +54,7 @@ def deployment(migrated_sqlite: Path, tmp_path_factory: pytest.TempPathFactory) 
     engine = database.create_sync_engine(settings)
     api_code = service.create_key(engine, settings.environment, "client tests")
     store = open_store(settings)
-    app = create_app(settings, store)
+    app = create_app(settings, store, admin_engine(settings))
     asyncio.run(store.start())  # httpx's ASGI transport runs no lifespan: start the store as it would
     try:
         with LiveServer(settings) as server:

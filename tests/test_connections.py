@@ -22,7 +22,7 @@ from uvicorn.protocols.http import flow_control, httptools_impl
 from uvicorn.server import ServerState
 
 from ordercancel.config import ConfigError, Settings
-from ordercancel.http.app import create_app
+from ordercancel.http.app import admin_engine, create_app
 from ordercancel.http.protocol import MAX_PIPELINED, BoundedHttpToolsProtocol
 from ordercancel.storage import open_store
 from tests.support import rawhttp
@@ -105,7 +105,9 @@ def test_the_uvicorn_protocol_the_bounds_rely_on_has_the_shape_they_expect() -> 
     ]
     assert _parameters(flow_control.FlowControl.pause_reading) == ["self"]
     # The attributes the bounds read or write, on a real instance.
-    config = uvicorn.Config(create_app(Settings(), open_store(Settings())), limit_concurrency=7)
+    config = uvicorn.Config(
+        create_app(Settings(), open_store(Settings()), admin_engine(Settings())), limit_concurrency=7
+    )
     state = ServerState()
     loop = asyncio.new_event_loop()
     try:

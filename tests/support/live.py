@@ -10,7 +10,7 @@ import uvicorn
 import uvloop
 
 from ordercancel.config import Settings
-from ordercancel.http.app import create_app
+from ordercancel.http.app import admin_engine, create_app
 from ordercancel.storage import open_store
 
 #: The bearer token of the `admin_server` fixture's admin API.
@@ -26,7 +26,7 @@ class LiveServer:
         self._socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         config = uvicorn.Config(
-            create_app(settings, open_store(settings)),
+            create_app(settings, open_store(settings), admin_engine(settings)),
             log_level="warning",
             access_log=False,
             lifespan="on",

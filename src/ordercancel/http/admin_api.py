@@ -20,7 +20,6 @@ from ordercancel.config import Settings
 from ordercancel.domain import Order, ProductionStatus
 from ordercancel.http.core import Handler, Request, Response, Route
 from ordercancel.storage import service
-from ordercancel.storage.database import create_sync_engine
 
 ORDERS_PATH = "/admin/orders"
 ORDER_PATH = ORDERS_PATH + "/{orderId}"
@@ -122,16 +121,12 @@ def _release(engine: Engine, ref: str, _fields: Fields, _request_id: str) -> Ord
 class AdminApi:
     """The admin routes over one small engine of their own."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
         if not settings.admin_token:
             raise ValueError("the admin API needs an admin token")
         self._settings = settings
         self._token = settings.admin_token.encode()
-        # Built here, connected on first use: creating an engine does no I/O.
-        self._engine = engine or create_sync_engine(settings, pool_size=ADMIN_POOL_SIZE)
-
-    async def close(self) -> None:
-        self._engine.dispose()
+        self._engine = engine
 
     def routes(self) -> list[Route]:
         return [

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import orjson
+from sqlalchemy import Engine
 
 from ordercancel.codecs import CODECS, Negotiated, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
@@ -33,7 +34,7 @@ from ordercancel.domain import (
     lookup,
     parse_guid,
 )
-from ordercancel.http.admin_api import AdminApi
+from ordercancel.http.admin_api import ADMIN_POOL_SIZE, AdminApi
 from ordercancel.http.core import App, BodyTimeout, BodyTooLarge, Handler, Request, Response, Route
 from ordercancel.http.demo import demo_routes
 from ordercancel.http.fairuse import FairUse
@@ -43,6 +44,7 @@ from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
 from ordercancel.storage import Attempt, Store, authenticate_now, open_store
+from ordercancel.storage.database import create_sync_engine
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -308,10 +310,12 @@ async def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = None) -> App:
-    """Build the ASGI application from its collaborators; the store is started by the lifespan.
+def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir: str | None = None) -> App:
+    """Build the ASGI application from its collaborators; the lifespan starts the store and, at the
+    end, closes it and disposes of the engine.
 
-    `metrics_dir` is the directory the workers of one `serve --workers N` share their metrics in.
+    `engine` runs the admin use cases (the admin API, the sandbox's test orders); `metrics_dir` is
+    the directory the workers of one `serve --workers N` share their metrics in.
     """
     endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
     metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
@@ -336,15 +340,16 @@ def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = No
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
     ]
-    on_shutdown = [sweeper.stop, store.close]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
-        admin = AdminApi(settings)
-        routes.extend(admin.routes())
-        on_shutdown.append(admin.close)
+        routes.extend(AdminApi(settings, engine).routes())
     if sandbox:  # in production the path does not exist: 404
-        test_orders = TestOrders(settings, store, HTTP_STATUS)
+        test_orders = TestOrders(settings, store, HTTP_STATUS, engine)
         routes.append(Route(SANDBOX_ORDERS_PATH, {"POST": with_sandbox_hints(test_orders.handle, "status")}))
-        on_shutdown.append(test_orders.close)
+
+    async def dispose_engine() -> None:
+        engine.dispose()
+
+    on_shutdown = [sweeper.stop, store.close, dispose_engine]
     return App(
         routes,
         error=error_response,
@@ -361,4 +366,10 @@ def create_app(settings: Settings, store: Store, *, metrics_dir: str | None = No
 def create_app_from_env() -> App:
     """Factory for `uvicorn --factory` and worker processes: settings from ORDERCANCEL_*."""
     settings = Settings.from_env()
-    return create_app(settings, open_store(settings), metrics_dir=os.environ.get(MULTIPROC_ENV))
+    engine = admin_engine(settings)
+    return create_app(settings, open_store(settings), engine, metrics_dir=os.environ.get(MULTIPROC_ENV))
+
+
+def admin_engine(settings: Settings) -> Engine:
+    """The small engine the admin use cases run on; creating it does no I/O (it connects on first use)."""
+    return create_sync_engine(settings, pool_size=ADMIN_POOL_SIZE)

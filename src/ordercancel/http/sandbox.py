@@ -28,7 +28,7 @@ from ordercancel.domain import (
     parse_guid,
 )
 from ordercancel.http.core import Request, Response
-from ordercancel.storage import Store, database, service
+from ordercancel.storage import Store, service
 
 SANDBOX_ORDERS_PATH = "/web-api/sandbox/orders"
 #: The XML document element of every answer of this endpoint.
@@ -95,19 +95,19 @@ def order_response_fields(order: Order) -> dict[str, object]:
 
 
 class TestOrders:
-    """The handler of the sandbox's test order endpoint, and the engine it writes through."""
+    """The handler of the sandbox's test order endpoint, writing through the admin use cases' engine."""
 
     __test__ = False  # not a pytest class, whatever its name says
 
-    def __init__(self, settings: Settings, store: Store, http_status: Mapping[type[RequestError], int]) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, http_status: Mapping[type[RequestError], int], engine: Engine
+    ) -> None:
         self._settings = settings
         self._store = store
         self._http_status = http_status
-        self._engine: Engine | None = None
+        self._engine = engine
 
     def _create(self, api_code: str, wanted: TestOrderRequest) -> Order:
-        if self._engine is None:
-            self._engine = database.create_sync_engine(self._settings)
         return service.create_order(
             self._engine,
             self._settings.environment,
@@ -116,10 +116,6 @@ class TestOrders:
             payment_status=wanted.payment_status,
             engineer=wanted.engineer,
         )
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
 
     async def handle(self, request: Request) -> Response:
         """Authenticate like a cancellation, then create the order the body describes."""
