@@ -72,6 +72,9 @@ def _server_with_orders(directory: Path, template: Path, **env: str) -> tuple[Se
     code = service.create_key(engine, settings.environment, "attacked")
     for number in TARGETS:
         service.create_order(engine, settings.environment, code, number=number)
+    # The corpus sends hundreds of strangers' requests from one address; the failed-authentication
+    # throttle (tests/test_fair_use.py) would answer the rest 429. Here every attack must reach the app.
+    env = {"ORDERCANCEL_AUTH_FAILURES": "1000000", **env}
     served = ServeProcess(settings.database_url, directory / "serve.log", env=env)
     return served, engine, code
 

@@ -33,7 +33,7 @@ def test_openapi_describes_both_endpoints_media_types_the_api_code_and_every_cod
     api_code = document["components"]["parameters"]["apiCode"]
     assert (api_code["in"], api_code["required"], api_code["schema"]["format"]) == ("header", True, "uuid")
     codes = document["components"]["schemas"]["RequestError"]["properties"]["code"]["enum"]
-    assert set(codes) == set(MESSAGES) | {400, 409, 422}  # and the Idempotency-Key's own
+    assert set(codes) == set(MESSAGES) | {400, 409, 422, 429}  # the Idempotency-Key's and the rate limit's
 
 
 def test_openapi_describes_the_idempotency_key_and_the_reason_and_note(http: httpx.Client) -> None:
@@ -43,7 +43,7 @@ def test_openapi_describes_the_idempotency_key_and_the_reason_and_note(http: htt
     for path in ("/web-api/order/CancelOrderByNumber", "/web-api/order/CancelOrderById"):
         operation = document["paths"][path]["post"]
         assert {"$ref": "#/components/parameters/idempotencyKey"} in operation["parameters"]
-        assert {"400", "409", "422"} <= set(operation["responses"])
+        assert {"400", "409", "422", "429"} <= set(operation["responses"])
         assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
     for schema in ("OrderNumberRequest", "OrderIdRequest"):
         properties = document["components"]["schemas"][schema]["properties"]

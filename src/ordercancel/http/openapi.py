@@ -22,6 +22,7 @@ from ordercancel.domain import (
     ProductionStarted,
     ProductionStatus,
     RequestError,
+    TooManyRequests,
     UnknownError,
     WrongOrderId,
     WrongOrderNumber,
@@ -106,6 +107,16 @@ def _operation(field: str, summary: str, example: str, codes: list[type[RequestE
             "422": {
                 "description": f"The Idempotency-Key was used before with a different request (code 422, "
                 f"`{IdempotencyKeyReused.message}`).",
+                "content": _content("#/components/schemas/CancelOrderResponse"),
+            },
+            "429": {
+                "description": f"Over the API code's rate limit, or from an address that failed authentication too "
+                f"often this minute (code 429, `{TooManyRequests.message}`); nothing is recorded or changed.",
+                "headers": {
+                    "Retry-After": {"schema": {"type": "integer"}},
+                    "RateLimit": {"description": '`"default";r=REMAINING;t=SECONDS`', "schema": {"type": "string"}},
+                    "RateLimit-Policy": {"description": '`"default";q=QUOTA;w=WINDOW`', "schema": {"type": "string"}},
+                },
                 "content": _content("#/components/schemas/CancelOrderResponse"),
             },
             "405": {
@@ -277,7 +288,7 @@ def _document(environment: Environment) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "code": {
                             "type": "integer",
-                            "enum": [400, 401, 409, 422, 500, *(c.code for c in _REFUSALS)],
+                            "enum": [400, 401, 409, 422, 429, 500, *(c.code for c in _REFUSALS)],
                         },
                     },
                 },
