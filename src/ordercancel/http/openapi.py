@@ -9,38 +9,25 @@ from ordercancel.config import Environment
 from ordercancel.domain import (
     MAX_ENGINEER_NAME,
     MAX_NOTE_LENGTH,
-    AlreadyCancelled,
+    REFUSALS,
     CancellationReason,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
     MissingOrderId,
     MissingOrderNumber,
-    NotPlacedCorrectly,
     PaymentStatus,
-    ProcessingStarted,
-    ProductionStarted,
     ProductionStatus,
     RequestError,
     TooManyRequests,
     UnknownError,
     WrongOrderId,
     WrongOrderNumber,
-    WrongRequestBody,
     may_hold_engineer,
 )
 
-_REFUSALS: list[type[RequestError]] = [
-    WrongRequestBody,
-    MissingOrderId,
-    MissingOrderNumber,
-    WrongOrderId,
-    WrongOrderNumber,
-    NotPlacedCorrectly,
-    AlreadyCancelled,
-    ProductionStarted,
-    ProcessingStarted,
-]
+#: The refusals of the cancel endpoints, in the domain's order of codes.
+_REFUSALS: list[type[RequestError]] = list(REFUSALS.values())
 
 
 #: The optional fields both cancel requests take (kept with the order; the answer is unchanged).
