@@ -423,6 +423,118 @@ def minimal_sqlite_anchor(plan: Plan, seeded: Seeded, workdir: Path) -> Result:
     return result
 
 
+# Idempotency-Key (issue 10) -----------------------------------------------------------------
+
+WITH_KEYS = "SQLite, JSON, all succeed, with Idempotency-Key"
+REPLAYS = "SQLite, JSON, replays of those keys"
+REFUSALS = "SQLite, JSON, those orders again without a key (507)"
+#: The keys of a run: KEY_PREFIX and the order number, so every request's key is its own.
+KEY_PREFIX = "bench-key-"
+
+
+def keyed_load(plan: Plan, scenario: str, seeded: Seeded, database_url: str, count: int, *, keys: bool) -> Result:
+    """Serve the database and send the first `count` orders once, each with its own key or none."""
+    port = free_port()
+    lua = {"api_code": seeded.api_code, "format": "json", "prefix": seeded.prefix, "width": str(WIDTH)}
+    lua |= {"first": "0", "count": str(count), "seconds": str(plan.seconds), "key_prefix": KEY_PREFIX if keys else ""}
+    before = _db_counts(database_url)
+    with serving(serve_command(port), service_env(database_url), port) as pid:
+        cpu_before = cpu_seconds(pid)
+        report = load(port, wrk_seconds(plan, count), **lua)
+        rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
+    result = result_from(scenario, count, report, rss, cpu)
+    after = _db_counts(database_url)
+    result.db_cancelled = after["cancelled"] - before["cancelled"]
+    result.db_attempts = after["attempts"] - before["attempts"]
+    answered = result.canceled + result.refused
+    unanswered = report["sent"] - answered - report["failed"]
+    result.note = (
+        f"{result.db_cancelled} newly cancelled in db, {result.canceled} isCanceled:true, "
+        f"{report['replayed']} Idempotent-Replayed, {after['keys'] - before['keys']} keys stored"
+    )
+    if unanswered:
+        result.check, result.errors = "UNANSWERED", result.errors + unanswered
+        return result
+    # Every answer audited once, and the answers say what the database did.
+    expected = {
+        WITH_KEYS: (result.canceled, 0, result.canceled),  # cancelled, replayed, keys stored
+        REPLAYS: (0, answered, 0),
+        REFUSALS: (0, 0, 0),
+    }[scenario]
+    seen = (result.db_cancelled, report["replayed"], after["keys"] - before["keys"])
+    ok = seen == expected and result.db_attempts == answered and report["sent"] == answered
+    if scenario == REFUSALS:
+        ok = ok and result.codes == {"507": answered}
+    if scenario == REPLAYS:
+        ok = ok and result.canceled == answered  # the first answers were all cancellations
+    result.check = "ok" if ok else "MISMATCH"
+    return result
+
+
+def _db_counts(database_url: str) -> dict[str, int]:
+    return {
+        "cancelled": count_rows(database_url, "orders WHERE status = 'Cancelled'"),
+        "attempts": count_rows(database_url, "cancellation_attempts"),
+        "keys": count_rows(database_url, "idempotency_keys"),
+    }
+
+
+def _copy_database(source: Path, target: Path) -> str:
+    """Copy a SQLite database that no server holds, WAL folded in first."""
+    with sqlite3.connect(source) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(source, target)
+    return f"sqlite:///{target}"
+
+
+def idempotency_measurements(plan: Plan, seeded: Seeded, workdir: Path) -> dict[str, Callable[[], Result]]:
+    """The three Idempotency-Key scenarios, run in this order in each round.
+
+    The first cancels orders, each request with a key of its own, against the plain JSON run of
+    the same round. The other two start from a copy of what it left and send the same orders
+    again: once with the same keys (every answer a replay of the cancellation), once without
+    a key (every answer the refusal 507), so that a replay is weighed against a refusal.
+    """
+    left: dict[str, tuple[Path, int]] = {}
+
+    def with_keys() -> Result:
+        database_url = fresh_copy(seeded, workdir)
+        result = keyed_load(plan, WITH_KEYS, seeded, database_url, seeded.count, keys=True)
+        if result.check == "ok":
+            left["keyed"] = (Path(database_url.removeprefix("sqlite:///")), result.canceled)
+        return result
+
+    def again(scenario: str, *, keys: bool) -> Result:
+        if "keyed" not in left:
+            return Result(scenario, 0, 0.0, 0.0, 0.0, 0, check="-", note=f"skipped: {WITH_KEYS} did not pass")
+        source, count = left["keyed"]
+        database_url = _copy_database(source, workdir / f"again-{'keys' if keys else 'plain'}.db")
+        return keyed_load(plan, scenario, seeded, database_url, count, keys=keys)
+
+    return {
+        WITH_KEYS: with_keys,
+        REPLAYS: partial(again, REPLAYS, keys=True),
+        REFUSALS: partial(again, REFUSALS, keys=False),
+    }
+
+
+def _idempotency_targets(target: Any, results: list[Result]) -> None:
+    """Issue 10: a key per request costs at most a tenth; a replay no more than a refusal."""
+    plain = next((r for r in results if r.scenario == "SQLite, JSON, all succeed"), None)
+    keyed, replays, refusals = (
+        next((r for r in results if r.scenario == s), None) for s in (WITH_KEYS, REPLAYS, REFUSALS)
+    )
+    if plain and keyed and plain.rps and keyed.rps:
+        target("with Idempotency-Key / without, SQLite, JSON, all succeed", keyed.rps / plain.rps, 0.9, unit="x")
+    if replays and refusals and replays.rps and refusals.rps:
+        target("Idempotency-Key replay / refusal (507), req/s", replays.rps / refusals.rps, 1.0, unit="x")
+        if replays.cpu_us and refusals.cpu_us:
+            ratio = replays.cpu_us / refusals.cpu_us
+            target("most CPU per replay / per refusal (507)", ratio, 1.0, at_most=True, unit="x")
+
+
 # PostgreSQL ---------------------------------------------------------------------------------
 
 
@@ -535,6 +647,7 @@ def bench(plan: Plan) -> dict[str, Any]:
             *((f"SQLite, JSON, all succeed, {n:,} orders", seeded[str(n)], "json") for n in plan.sizes if n != 200_000),
         ):
             measurements[label] = partial(_fresh_scenario, plan, label, source, workdir, fmt)
+        measurements |= idempotency_measurements(plan, main, workdir)
         # Round robin, so that a burst of load from a neighbour spoils one round of everything
         # rather than every round of one scenario.
         runs: dict[str, list[Result]] = {label: [] for label in measurements}
@@ -587,7 +700,9 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
         if value is None:
             return
         met = value <= goal if at_most else value >= goal
-        found.append({"target": name, "value": round(value, 3), "goal": goal, "unit": unit, "met": met})
+        found.append(
+            {"target": name, "value": round(value, 3), "goal": goal, "unit": unit, "met": met, "at_most": at_most}
+        )
 
     json_ok = find(results, "SQLite, JSON, all succeed")
     xml_ok = find(results, "SQLite, XML")
@@ -600,6 +715,7 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
     _ratio_targets(target, json_ok, xml_ok, mixed)
     sqlite = [r for r in served if r.scenario.startswith("SQLite")]
     _minimal_targets(target, json_ok, sqlite, find(results, MINIMAL_SQLITE))
+    _idempotency_targets(target, results)
     if served:
         target("worst p99 at 64 connections", max(r.p99_ms for r in served), 25, at_most=True, unit="ms")
         rss = [r.rss_mib for r in served if r.rss_mib is not None]
@@ -673,7 +789,7 @@ def table(report: dict[str, Any]) -> str:
         )
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for t in report["targets"]:
-        sign = "≤" if t["target"].startswith(("worst", "largest")) else "≥"
+        sign = "≤" if t.get("at_most", t["target"].startswith(("worst", "largest"))) else "≥"
         met = "yes" if t["met"] else "NO"
         lines.append(f"| {t['target']} | {t['value']:,} {t['unit']} | {sign} {t['goal']:,} | {met} |")
     imports = ", ".join(f"{int(size):,} in {s:.1f} s" for size, s in report["import_seconds"].items())

@@ -10,7 +10,10 @@
 -- done() prints one line starting with "BENCH " holding JSON that bench.py reads.
 --
 -- Environment: BENCH_API_CODE, BENCH_FORMAT (json | xml), BENCH_PREFIX, BENCH_WIDTH,
--- BENCH_FIRST, BENCH_COUNT, BENCH_SECONDS, BENCH_MODE (cancel | noop: count every 200 as an answer).
+-- BENCH_FIRST, BENCH_COUNT, BENCH_SECONDS, BENCH_MODE (cancel | noop: count every 200 as an answer),
+-- BENCH_KEY_PREFIX (when set, every cancellation carries Idempotency-Key: PREFIX .. its order
+-- number, so a run's keys are all distinct, and a second run with the same prefix replays them;
+-- answers marked Idempotent-Replayed: true are counted as "replayed").
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -34,6 +37,7 @@ local seconds = tonumber(os.getenv("BENCH_SECONDS") or "1000000")
 local deadline = nil
 local path = "/web-api/order/CancelOrderByNumber"
 local number_format = "%s%0" .. width .. "d"
+local key_prefix = os.getenv("BENCH_KEY_PREFIX") or ""
 
 local headers
 if format == "xml" then
@@ -48,6 +52,7 @@ canceled = 0
 refused = 0
 failed = 0
 strays = 0
+replayed = 0
 started = 0
 finished = 0
 codes = {}
@@ -82,6 +87,9 @@ function request()
    else
       body = '{"orderNumber":"' .. number .. '"}'
    end
+   if key_prefix ~= "" then
+      headers["Idempotency-Key"] = key_prefix .. number -- wrk.format copies it: one table will do
+   end
    return wrk.format("POST", path, headers, body)
 end
 
@@ -113,12 +121,15 @@ function response(status, headers, body)
       local code = string.match(body, '"code":(%d+)') or string.match(body, "<code>(%d+)</code>") or "?"
       codes[code] = (codes[code] or 0) + 1
    end
+   if headers["idempotent-replayed"] == "true" or headers["Idempotent-Replayed"] == "true" then
+      replayed = replayed + 1 -- the stored answer again (counted above as what it says, too)
+   end
    finished = now()
    stop_when_drained()
 end
 
 function done(summary, latency, requests)
-   local total = { canceled = 0, refused = 0, failed = 0, sent = 0, strays = 0 }
+   local total = { canceled = 0, refused = 0, failed = 0, sent = 0, strays = 0, replayed = 0 }
    local started_at, finished_at = nil, 0
    local code_counts = {}
    for _, thread in ipairs(threads) do
@@ -138,11 +149,12 @@ function done(summary, latency, requests)
    end
    local errors = summary.errors
    io.write(string.format(
-      'BENCH {"sent":%d,"canceled":%d,"refused":%d,"failed":%d,"strays":%d,"codes":{%s},' ..
+      'BENCH {"sent":%d,"canceled":%d,"refused":%d,"failed":%d,"strays":%d,"replayed":%d,"codes":{%s},' ..
       '"seconds":%.6f,"wrk_seconds":%.6f,"wrk_requests":%d,' ..
       '"socket_errors":%d,"http_errors":%d,"timeouts":%d,' ..
       '"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f}\n',
-      total.sent, total.canceled, total.refused, total.failed, total.strays, table.concat(parts, ","),
+      total.sent, total.canceled, total.refused, total.failed, total.strays, total.replayed,
+      table.concat(parts, ","),
       (started_at and finished_at > started_at) and (finished_at - started_at) or 0,
       summary.duration / 1e6, summary.requests,
       errors.connect + errors.read + errors.write, errors.status, errors.timeout,

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from ordercancel.config import Environment, Settings
-from ordercancel.domain import ProductionStatus
+from ordercancel.domain import CancellationReason, ProductionStatus
 from ordercancel.storage import service
 from tests.support.live import LiveServer
 from tests.support.orders import OrderFactory
@@ -156,6 +156,17 @@ class DemoPage:
         assert expected_outcome in outcome, outcome
         return outcome
 
+    def click_and_wait_for(self, button_id: str, element_id: str, expected: str) -> str:
+        """Click, then wait until an element (shown) says what it should; return its text."""
+        self._element(button_id).click()
+        self._wait(self._driver, 10).until(
+            lambda _: expected in self.text(element_id) and self.text("response") not in ("", "…")
+        )
+        return self.text(element_id)
+
+    def click(self, button_id: str) -> None:
+        self._element(button_id).click()
+
     def screenshot(self, name: str) -> Path:
         OUTPUT.mkdir(parents=True, exist_ok=True)
         path = OUTPUT / f"{name}.png"
@@ -195,7 +206,69 @@ def test_a_json_cancellation_by_number_shows_the_exchange_with_the_api_code_mask
     assert f'{{\n  "orderId": "{order.order_id}",\n  "orderNumber": "{order.order_number}",\n' in response
     assert '"isCanceled": true' in response
     assert service.find_order(engine, order.order_id).status is ProductionStatus.CANCELLED
+    # Nothing optional was chosen: the request is the one without them.
+    assert "Idempotency-Key" not in request and "reason" not in request and "note" not in request
+    assert "idempotent-replayed" not in response and page.text("replayed") == ""
     page.screenshot("json-cancellation-by-number")
+
+
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+REPLAYED = "Replayed (Idempotent-Replayed: true): the answer of an earlier request with this key"
+
+
+@pytest.mark.browser
+def test_the_same_key_sent_twice_from_the_page_is_answered_as_a_replay_and_the_reason_is_kept(
+    browser: Any, server: LiveServer, api_code: str, make_order: OrderFactory, engine: Engine
+) -> None:
+    order = make_order()
+    page = DemoPage(browser, server.url + BY_NUMBER_PAGE)
+    page.type("api-code", api_code)
+    page.type("order-ref", order.order_number)
+    page.choose("request-format", "application/json")
+    page.choose("accept", "application/json")
+    page.choose("reason", "WrongModel")
+    page.type("note", "ordered the 40 mm one by mistake")
+    page.click("new-key")
+    key = page.value("idempotency-key")
+    assert UUID4.fullmatch(key), key
+    page.click("new-key")
+    assert page.value("idempotency-key") != key  # each click, a new key
+    key = page.value("idempotency-key")
+
+    assert page.click_and_wait("send", "Cancelled") == f"Cancelled: order {order.order_number} ({order.order_id})."
+    request = page.text("request")
+    assert f"Idempotency-Key: {key}\n" in request
+    assert '"reason": "WrongModel",\n  "note": "ordered the 40 mm one by mistake"' in request
+    assert page.text("replayed") == "" and "idempotent-replayed" not in page.text("response")
+    stored = service.find_order(engine, order.order_id)
+    assert stored.status is ProductionStatus.CANCELLED
+    assert stored.cancellation_reason is CancellationReason.WRONG_MODEL
+    assert stored.cancellation_note == "ordered the 40 mm one by mistake"
+    assert stored.cancelled_by is not None and stored.cancelled_by.kind == "apiKey"
+    cancelled_at = stored.cancelled_at
+
+    # The retry: the first answer again (isCanceled true, not 507), marked, and nothing changed.
+    replayed = page.click_and_wait_for("send", "replayed", REPLAYED)
+    assert replayed.startswith(REPLAYED)
+    assert page.text("outcome") == f"Cancelled: order {order.order_number} ({order.order_id})."
+    response = page.text("response")
+    assert response.startswith("HTTP/1.1 200 OK\n") and "idempotent-replayed: true" in response
+    assert service.find_order(engine, order.order_id).cancelled_at == cancelled_at
+    page.screenshot("idempotency-key-replayed")
+
+    # The same key with another request is refused, and the marker goes away.
+    other = make_order()
+    page.type("order-ref", other.order_number)
+    outcome = page.click_and_wait("send", "Not cancelled.")
+    assert outcome == "Not cancelled. 422: Idempotency-Key has been used with a different request."
+    assert page.text("replayed") == ""
+    assert service.find_order(engine, other.order_id).status is ProductionStatus.ORDERED
+
+    # An emptied key field sends no header: a plain request, which finds the order cancelled.
+    page.type("order-ref", order.order_number)
+    page.type("idempotency-key", "")
+    page.click_and_wait("send", "Not cancelled. 507")
+    assert "Idempotency-Key" not in page.text("request")
 
 
 @pytest.mark.browser
@@ -208,17 +281,27 @@ def test_an_xml_cancellation_by_id_shows_the_pretty_printed_xml_answer(
     page.type("order-ref", order.order_id)
     page.choose("request-format", "text/xml")
     page.choose("accept", "application/xml")
+    page.choose("reason", "PriceOrDeliveryTime")
+    page.type("note", "<cheaper> & sooner elsewhere")
     page.click_and_wait("send", f"Cancelled: order {order.order_number} ({order.order_id}).")
 
     request = page.text("request")
     assert request.startswith(f"POST {BY_ID} HTTP/1.1\n")
     assert "Content-Type: text/xml" in request
-    assert f"<CancelOrderByIdRequest>\n  <orderId>{order.order_id}</orderId>\n</CancelOrderByIdRequest>" in request
+    assert (
+        f"<CancelOrderByIdRequest>\n  <orderId>{order.order_id}</orderId>\n  <reason>PriceOrDeliveryTime</reason>\n"
+        "  <note>&lt;cheaper&gt; &amp; sooner elsewhere</note>\n</CancelOrderByIdRequest>"
+    ) in request
     response = page.text("response")
     assert "content-type: application/xml; charset=utf-8" in response
     assert f"<CancelOrderResponse>\n  <orderId>{order.order_id}</orderId>\n" in response
     assert "  <isCanceled>true</isCanceled>\n</CancelOrderResponse>" in response
-    assert service.find_order(engine, order.order_id).status is ProductionStatus.CANCELLED
+    stored = service.find_order(engine, order.order_id)
+    assert stored.status is ProductionStatus.CANCELLED
+    assert (stored.cancellation_reason, stored.cancellation_note) == (
+        CancellationReason.PRICE_OR_DELIVERY_TIME,
+        "<cheaper> & sooner elsewhere",
+    )
     page.screenshot("xml-cancellation-by-id")
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,8 @@ class FuzzTarget:
     #: Orders no request can cancel (already cancelled, in production, a draft, claimed).
     refused: list[Order]
     tally: Counter[tuple[str, str, str, int, str]]
+    #: What the cancel requests carried and got of issue 10's additions (see IDEMPOTENCY_COVERAGE).
+    coverage: Counter[str] = field(default_factory=Counter)
 
 
 def _orders(engine: Engine) -> list[tuple[object, ...]]:
@@ -70,9 +72,11 @@ def fuzz_target(migrated_sqlite: Path, tmp_path_factory: pytest.TempPathFactory)
         service.create_order(engine, Environment.SANDBOX, code, status=status, engineer=engineer)
         for status, engineer in (("Cancelled", None), ("InProduction", None), ("Draft", None), ("Ordered", "Ada"))
     ]
-    # Schemathesis sends thousands of requests without a valid code from one address: past the
-    # failed-authentication throttle (tests/test_fair_use.py) they would all be 429.
-    with ServeProcess(url, directory / "serve.log", env={"ORDERCANCEL_AUTH_FAILURES": "1000000"}) as served:
+    # One address sends every case, a quarter of them without the real code: the failed-authentication
+    # throttle would answer the rest of the run 429
+    # and leave the body parsers unreached. Its own tests are in tests/test_fair_use.py.
+    throttle_off = {"ORDERCANCEL_AUTH_FAILURES": "1000000"}
+    with ServeProcess(url, directory / "serve.log", env=throttle_off) as served:
         target = FuzzTarget(served, engine, code, _orders(engine), refused, Counter())
         yield target
         assert served.process is not None
@@ -88,15 +92,22 @@ def fuzz_target(migrated_sqlite: Path, tmp_path_factory: pytest.TempPathFactory)
     )
     assert len(after) - len(target.orders_before) == created
     assert "Traceback" not in served.logs()
-    _report(target.tally)
+    _report(target.tally, target.coverage)
     engine.dispose()
 
 
 #: The report's columns: the code each answer carried (0 is a cancellation, "-" no body code).
-COLUMNS = ["401", "501", "502", "503", "504", "505", "506", "507", "508", "509", "0", "-"]
+COLUMNS = ["400", "401", "409", "422", "501", "502", "503", "504", "505", "506", "507", "508", "509", "0", "-"]
+#: Keys that some generated cancel requests are given when they carry none: a few values shared
+#: by many requests, so that keys are reused, for the same request (a replay) and for another (422),
+#: and one that is not visible ASCII (400). Generated values of the header come on top.
+SHARED_KEYS = [None, None, "fuzz-key-1", "fuzz-key-2", '"fuzz-key-1"', "not visible ascii"]
+#: What the fuzzing of the cancel endpoints must have reached of the Idempotency-Key header and
+#: the reason and note fields. (409 needs two requests at once: tests/test_idempotency.py.)
+IDEMPOTENCY_COVERAGE = ["Idempotency-Key sent", "reason sent", "note sent", "HTTP 400", "HTTP 422", "replayed"]
 
 
-def _report(tally: Counter[tuple[str, str, str, int, str]]) -> None:
+def _report(tally: Counter[tuple[str, str, str, int, str]], coverage: Counter[str]) -> None:
     """Print the requests tried, by class (operation, generation mode, API code), with their outcomes."""
     rows: dict[tuple[str, str, str], Counter[str]] = {}
     media: Counter[str] = Counter()
@@ -108,6 +119,7 @@ def _report(tally: Counter[tuple[str, str, str, int, str]]) -> None:
     lines = [
         f"schemathesis: {sum(tally.values())} requests; HTTP statuses {dict(sorted(statuses.items()))}; "
         f"request media types {dict(sorted(media.items()))}",
+        f"cancel requests: {', '.join(f'{name} {coverage[name]}' for name in IDEMPOTENCY_COVERAGE)}",
         "| operation | mode | API code | requests | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|---:|" + "---:|" * len(COLUMNS),
     ]
@@ -149,13 +161,17 @@ def test_every_generated_request_gets_a_documented_answer(
         # Three cases in four carry the real code (hypothesis leans towards the simplest value, False).
         authenticated=st.sampled_from([True, True, True, False]),
         refused=st.sampled_from([None, *fuzz_target.refused]),
+        shared_key=st.sampled_from(SHARED_KEYS),
     )
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def fuzz(case: schemathesis.Case, authenticated: bool, refused: Order | None) -> None:
+    def fuzz(case: schemathesis.Case, authenticated: bool, refused: Order | None, shared_key: str | None) -> None:
         if authenticated and case.headers is not None and "apiCode" in case.headers:
             case.headers["apiCode"] = fuzz_target.api_code
+        # Only orders no request can cancel: a replayed or reused key must change nothing either.
         if refused is not None and field is not None and isinstance(case.body, dict) and field in case.body:
             case.body[field] = refused.order_id if path == BY_ID else refused.order_number
+        if field is not None and shared_key is not None and case.headers is not None:
+            case.headers.setdefault("Idempotency-Key", shared_key)
         response = case.call_and_validate(
             base_url=fuzz_target.served.url,
             # The contract answers a bad body, or one that names no order, with HTTP 200 and a
@@ -167,5 +183,27 @@ def test_every_generated_request_gets_a_documented_answer(
         media_type = str(case.media_type).split(";")[0]
         key = (path.rsplit("/", 1)[-1], mode.value, media_type, response.status_code, _code(response))
         fuzz_target.tally[key] += 1
+        if field is not None:
+            _count_coverage(fuzz_target.coverage, case, response)
 
     fuzz()
+
+
+def _count_coverage(coverage: Counter[str], case: schemathesis.Case, response: schemathesis.Response) -> None:
+    """Count what a cancel request carried of Idempotency-Key, reason and note, and what it got."""
+    body = case.body if isinstance(case.body, dict) else {}
+    carried = {
+        "Idempotency-Key sent": "Idempotency-Key" in (case.headers or {}),
+        "reason sent": "reason" in body,
+        "note sent": "note" in body,
+        f"HTTP {response.status_code}": True,
+        "replayed": response.headers.get("idempotent-replayed", [""])[0] == "true",
+    }
+    coverage.update(name for name, seen in carried.items() if seen)
+
+
+def test_the_fuzzing_reached_idempotency_keys_reasons_notes_and_their_answers(fuzz_target: FuzzTarget) -> None:
+    if not fuzz_target.coverage:
+        pytest.skip("runs after the fuzzing of the cancel endpoints, in the same session")
+    missing = [name for name in IDEMPOTENCY_COVERAGE if not fuzz_target.coverage[name]]
+    assert missing == [], f"never reached: {missing}; reached {dict(fuzz_target.coverage)}"

@@ -12,7 +12,7 @@ from importlib.resources import files
 from string import Template
 
 from ordercancel.config import Environment, Settings
-from ordercancel.domain import PaymentStatus, ProductionStatus
+from ordercancel.domain import MAX_NOTE_LENGTH, CancellationReason, PaymentStatus, ProductionStatus
 from ordercancel.http.core import Handler, Request, Response, Route
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH
 
@@ -53,6 +53,11 @@ def _options(values: list[str], selected: str) -> str:
     )
 
 
+def _reason_options() -> str:
+    """The reasons a cancellation may give, after "none" (the field is optional and then not sent)."""
+    return '<option value="" selected>none (not sent)</option>' + _options([r.value for r in CancellationReason], "")
+
+
 def _demo_code_button(settings: Settings) -> str:
     """The button that fills in the demo's API code: in the sandbox, when `make run` configured one."""
     if settings.environment is not Environment.SANDBOX or not settings.demo_api_code:
@@ -86,6 +91,8 @@ def render_page(page: DemoPage, other: DemoPage, settings: Settings) -> bytes:
         other_path=escape(other.path),
         other_title=escape(other.title),
         sandbox_section=sandbox,
+        reason_options=_reason_options(),
+        max_note_length=str(MAX_NOTE_LENGTH),
         demo_code_button=_demo_code_button(settings),
     )
     return html.encode()

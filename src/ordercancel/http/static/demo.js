@@ -99,12 +99,32 @@
     hintLine.hidden = !hint;
   }
 
+  /** A UUID4 for the Idempotency-Key; crypto.randomUUID exists only in a secure context (https, localhost). */
+  function newKey() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // the RFC 4122 variant
+    const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+
+  function showReplayed(replayed) {
+    // Idempotent-Replayed: true says this answer is the stored one, and that nothing changed now.
+    const line = byId("replayed");
+    line.textContent = replayed
+      ? "Replayed (Idempotent-Replayed: true): the answer of an earlier request with this key; nothing changed now."
+      : "";
+    line.hidden = !replayed;
+  }
+
   let lastHint = null;
 
   /** POST a body to this server and show the exchange; return the decoded answer (or null). */
-  async function exchange(path, mediaType, accept, body) {
+  async function exchange(path, mediaType, accept, body, idempotencyKey = "") {
     const apiCode = byId("api-code").value.trim();
     lastHint = null;
+    showReplayed(false);
     if (!apiCode) {
       // Sending it would only get a 401: say what is missing instead.
       const demo = byId("use-demo-code");
@@ -116,12 +136,14 @@
       return null;
     }
     const headers = { apiCode, "Content-Type": mediaType, Accept: accept };
+    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
     byId("request").textContent = [
       `POST ${path} HTTP/1.1`,
       `Host: ${location.host}`,
       `apiCode: ${maskApiCode(apiCode)}`,
       `Content-Type: ${mediaType}`,
       `Accept: ${accept}`,
+      ...(idempotencyKey ? [`Idempotency-Key: ${idempotencyKey}`] : []),
       `Content-Length: ${new TextEncoder().encode(body).length}`,
       "",
       pretty(mediaType, body),
@@ -139,6 +161,7 @@
     }
     const contentType = response.headers.get("content-type") || "";
     lastHint = response.headers.get("x-ordercancel-hint");
+    showReplayed(response.headers.get("idempotent-replayed") === "true");
     const lines = [`HTTP/1.1 ${response.status} ${response.statusText}`];
     response.headers.forEach((value, name) => lines.push(`${name}: ${value}`));
     lines.push("", pretty(contentType, text));
@@ -164,12 +187,18 @@
     event.preventDefault();
     const mediaType = byId("request-format").value;
     const fields = { [page.field]: byId("order-ref").value.trim() };
+    // Optional: left out of the body when not chosen, so the request is the one without them.
+    const reason = byId("reason").value;
+    const note = byId("note").value;
+    if (reason) fields.reason = reason;
+    if (note) fields.note = note;
     busy(byId("send"), async () => {
       const answer = await exchange(
         page.apiPath,
         mediaType,
         byId("accept").value,
         encodeBody(mediaType, page.requestRoot, fields),
+        byId("idempotency-key").value.trim(),
       );
       if (!answer) return;
       if (answer.isCanceled === true) {
@@ -178,6 +207,10 @@
         showOutcome(`Not cancelled. ${describeError(answer)}`, "refused", lastHint);
       }
     });
+  });
+
+  byId("new-key").addEventListener("click", () => {
+    byId("idempotency-key").value = newKey();
   });
 
   const demoCode = byId("use-demo-code");
