@@ -154,6 +154,7 @@ class AdminApi:
             engineer=fields["engineer"],
             number=fields["orderNumber"],
             order_id=fields["orderId"],
+            placed_at=fields["placedAt"],
         )
 
     def _authorized(self, request: Request) -> bool:
@@ -176,4 +177,4 @@ class AdminApi:
 
 
 #: The fields of `orders create`, named as `orders show --json` names them, plus the API code.
-_CREATE_FIELDS = ("apiCode", "orderNumber", "orderId", "status", "paymentStatus", "engineer")
+_CREATE_FIELDS = ("apiCode", "orderNumber", "orderId", "status", "paymentStatus", "engineer", "placedAt")
