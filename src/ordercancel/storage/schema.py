@@ -41,9 +41,8 @@ api_keys = Table(
     # The key's own rate policy: NULL follows ORDERCANCEL_RATE_LIMIT, "none" lifts the limit.
     Column("rate_limit", String(64)),
     # The key's own cancellation window in seconds: NULL follows ORDERCANCEL_CANCELLATION_WINDOW,
-    # 0 means no window for this key.
+    # 0 means no window for this key (never negative: the service checks it).
     Column("cancellation_window", Integer),
-    CheckConstraint("cancellation_window >= 0", name="ck_api_keys_cancellation_window"),
 )
 
 orders = Table(
