@@ -119,7 +119,8 @@ def test_placed_at_is_read_as_rfc_3339_with_its_offset_and_kept_in_utc() -> None
     assert parse_placed_at("2024-05-01t09:30:00.123456789z") == PLACED + timedelta(microseconds=123456)
     assert new_order(placed_at=" 2024-05-01T09:30:00Z ").placed_at == PLACED
     assert new_order().placed_at is None
-    for bad in ["2024-05-01T09:30:00", "2024-05-01", "yesterday", "2024-02-30T00:00:00Z", "1714555800"]:
+    bad_ones = ["2024-05-01T09:30:00", "2024-05-01", "yesterday", "2024-02-30T00:00:00Z", "1714555800"]
+    for bad in [*bad_ones, "0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-05:00", "2024-05-01T09:30:00Z" * 10]:
         with pytest.raises(InvalidOrderField, match="is not an RFC 3339 date-time with an offset"):
             parse_placed_at(bad)
 
@@ -129,8 +130,9 @@ def test_the_setting_reads_a_duration_and_unset_or_empty_means_no_window() -> No
     assert Settings.from_env({"ORDERCANCEL_CANCELLATION_WINDOW": ""}).cancellation_window is None
     assert Settings.from_env({"ORDERCANCEL_CANCELLATION_WINDOW": "2h"}).cancellation_window == 7200
     assert Settings.from_env({"ORDERCANCEL_CANCELLATION_WINDOW": "30m"}).cancellation_window == 1800
-    with pytest.raises(ConfigError, match="ORDERCANCEL_CANCELLATION_WINDOW"):
-        Settings.from_env({"ORDERCANCEL_CANCELLATION_WINDOW": "soon"})
+    for bad in ("soon", "0", "366d"):
+        with pytest.raises(ConfigError, match="ORDERCANCEL_CANCELLATION_WINDOW"):
+            Settings.from_env({"ORDERCANCEL_CANCELLATION_WINDOW": bad})
 
 
 # The boundary, on both databases -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import limits
 from limits import RateLimitItem
 
-from ordercancel.domain import parse_guid
+from ordercancel.domain import MAX_WINDOW, parse_guid
 
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
 #: The shortest admin token accepted: a shorter one could be guessed.
@@ -197,8 +197,13 @@ def parse_duration(text: str) -> float:
 
 
 def _window(text: str) -> float | None:
-    """Read the cancellation window: a duration, or nothing (no window)."""
-    return parse_duration(text) if text.strip() else None
+    """Read the cancellation window: a duration of at most 365 days, or nothing (no window)."""
+    if not text.strip():
+        return None
+    seconds = parse_duration(text)
+    if seconds > MAX_WINDOW.total_seconds():
+        raise ValueError(f"a cancellation window is at most 365d, not {text.strip()!r}")
+    return seconds
 
 
 def _guid_or_empty(text: str) -> str:

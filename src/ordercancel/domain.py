@@ -290,6 +290,8 @@ def cancellation_refusal(
 
 #: A key's own window that means "no window for this key", whatever the setting says.
 NO_WINDOW = 0
+#: The longest window, the setting's or a key's: a year (a key's then fits a 32-bit integer).
+MAX_WINDOW = timedelta(days=365)
 
 
 def effective_window(override: int | None, setting: timedelta | None) -> timedelta | None:
@@ -378,12 +380,13 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:
 def parse_placed_at(text: str) -> datetime:
     """Read when an order was placed, an RFC 3339 date-time with its offset, as UTC; or refuse it."""
     value = text.strip()
-    refusal = f"placedAt {value!r} is not an RFC 3339 date-time with an offset, such as 2024-05-01T09:30:00Z"
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    refusal = f"placedAt {shown!r} is not an RFC 3339 date-time with an offset, such as 2024-05-01T09:30:00Z"
     if not _RFC3339.match(value):
         raise InvalidOrderField(refusal)
     try:
         return datetime.fromisoformat(value.upper()).astimezone(UTC)
-    except ValueError:  # the form is right, the date is not (February 30th)
+    except (ValueError, OverflowError):  # the form is right, the date is not (February 30th, year 0)
         raise InvalidOrderField(refusal) from None
 
 

@@ -171,17 +171,13 @@ def set_cancellation_window(engine: Engine, environment: Environment, api_code: 
             raise InvalidValue(
                 f"{error}, or 'none' (no window), or 'default' (ORDERCANCEL_CANCELLATION_WINDOW)"
             ) from None
-        if seconds != int(seconds) or seconds > MAX_WINDOW_SECONDS:
+        if seconds != int(seconds) or seconds > domain.MAX_WINDOW.total_seconds():
             raise InvalidValue(f"a key's cancellation window is whole seconds, at most 365d, not {window.strip()!r}")
         stored = int(seconds)
     with engine.begin() as connection:
         key_id = active_key_id(connection, environment, api_code)
         connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(cancellation_window=stored))
     return stored
-
-
-#: The longest window a key may have of its own: a year (and it stays a 32-bit integer).
-MAX_WINDOW_SECONDS = 365 * 86400
 
 
 def list_keys(engine: Engine, environment: Environment) -> list[ApiKey]:
