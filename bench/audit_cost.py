@@ -54,6 +54,7 @@ def update_only(db: sqlite3.Connection, key: int, number: str, request_id: str, 
     from ordercancel.storage.steps import SQLITE_STATEMENTS
 
     params = {"now": now, "key": key, "request_id": request_id, "value": number, "reason": None, "note": None}
+    params["placed_after"] = None  # no cancellation window
     return db.execute(SQLITE_STATEMENTS.cancel_by_number, params).fetchone() is not None
 
 

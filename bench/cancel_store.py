@@ -38,6 +38,7 @@ def seed(engine: Engine, count: int) -> tuple[int, list[str]]:
                 "status": "Ordered",
                 "payment_status": "PaymentOK",
                 "created_at": database.utcnow(),
+                "placed_at": database.utcnow(),
             }
             for i in range(count)
         ]

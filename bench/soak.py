@@ -51,8 +51,8 @@ def seed(path: Path, orders: int) -> str:
     engine.dispose()
     with sqlite3.connect(path) as connection:
         connection.executemany(
-            "INSERT INTO orders (order_id, order_number, api_key_id, status, payment_status, created_at) "
-            "VALUES (?, ?, ?, 'Ordered', 'PaymentOK', '2026-01-01 00:00:00.000000')",
+            "INSERT INTO orders (order_id, order_number, api_key_id, status, payment_status, created_at, placed_at) "
+            "VALUES (?, ?, ?, 'Ordered', 'PaymentOK', '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')",
             ((str(uuid.uuid4()), f"SOAK{i:07d}", key_id) for i in range(orders)),
         )
     return code

@@ -179,6 +179,7 @@ def test_acknowledged_cancellations_survive_sigkill_at_random_moments(
                     "status": "Ordered",
                     "payment_status": "PaymentOK",
                     "created_at": now,
+                    "placed_at": now,
                 }
                 for number in numbers
             ],

@@ -157,7 +157,7 @@ def test_the_cli_commands_change_an_order_and_exit_zero(
     assert '"engineer":"Ada"' in out
     assert run(settings, capsys, "orders", "release", order.order_number)[0] == 0
     assert service.find_order(engine, order.order_id) == Order(
-        order.order_id, order.order_number, P.ORDERED, PaymentStatus.OK
+        order.order_id, order.order_number, P.ORDERED, PaymentStatus.OK, placed_at=order.placed_at
     )
 
 

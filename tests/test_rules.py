@@ -13,6 +13,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from ordercancel.domain import (
     ProductionStatus,
     cancellation_refusal,
     new_order,
+    window_cutoff,
 )
 from ordercancel.storage import database, importer, open_store, service, steps
 from ordercancel.storage.schema import api_keys, cancellation_attempts, orders
@@ -43,17 +45,30 @@ from tests.support.live import ADMIN_TOKEN, LiveServer
 from tests.support.orders import OrderFactory
 from tests.support.wire import BY_NUMBER
 
-STATES = list(itertools.product(ProductionStatus, PaymentStatus, [None, "Ada"]))
+#: Every status, payment status and engineer, each inside the cancellation window and past it.
+STATES = list(itertools.product(ProductionStatus, PaymentStatus, [None, "Ada"], [True, False]))
+#: The window the states are tested under, and how long before the test each kind was placed.
+WINDOW = timedelta(hours=1)
+PLACED_AGO = {True: timedelta(minutes=1), False: timedelta(hours=3)}
 TEST_ORDERS = "/web-api/sandbox/orders"
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
-def number_of(status: ProductionStatus, payment: PaymentStatus, engineer: str | None) -> str:
-    return f"{status.value[:8]}-{payment.value[7:]}-{'E' if engineer else 'N'}"
+def number_of(status: ProductionStatus, payment: PaymentStatus, engineer: str | None, recent: bool) -> str:
+    return f"{status.value[:8]}-{payment.value[7:]}-{'E' if engineer else 'N'}-{'I' if recent else 'O'}"
 
 
-def domain_order(status: ProductionStatus, payment: PaymentStatus, engineer: str | None) -> Order:
-    return Order(str(uuid.uuid4()), number_of(status, payment, engineer), status, payment, engineer)
+def domain_order(
+    status: ProductionStatus, payment: PaymentStatus, engineer: str | None, recent: bool, now: datetime | None = None
+) -> Order:
+    placed_at = (now or database.utcnow()) - PLACED_AGO[recent]
+    number = number_of(status, payment, engineer, recent)
+    return Order(str(uuid.uuid4()), number, status, payment, engineer, placed_at=placed_at)
+
+
+def cutoff_now(window: timedelta | None) -> datetime | None:
+    """The cutoff a store computes for this window at this instant (the margins dwarf the test's length)."""
+    return window_cutoff(database.utcnow(), window)
 
 
 @pytest.fixture
@@ -66,17 +81,18 @@ def every_state(engine: Engine, settings: Settings, api_code: str) -> dict[str, 
     with engine.begin() as connection:
         key = connection.scalar(select(api_keys.c.id))
         made = {}
-        for status, payment, engineer in STATES:
-            order = domain_order(status, payment, engineer)
+        for state in STATES:
+            order = domain_order(*state)
             connection.execute(
                 insert(orders).values(
                     order_id=order.order_id,
                     order_number=order.order_number,
                     api_key_id=key,
-                    status=status.value,
-                    payment_status=payment.value,
-                    engineer=engineer,
+                    status=order.status.value,
+                    payment_status=order.payment_status.value,
+                    engineer=order.engineer,
                     created_at=database.utcnow(),
+                    placed_at=order.placed_at,
                 )
             )
             made[order.order_number] = order
@@ -92,18 +108,39 @@ def hot_path_statements(settings: Settings) -> steps.Statements:
 
 
 def now_param(settings: Settings) -> object:
-    now = database.utcnow()
-    return now if settings.is_postgres else database.sqlite_timestamp(now)
+    return timestamp_param(settings, database.utcnow())
+
+
+def timestamp_param(settings: Settings, at: datetime | None) -> object:
+    """A timestamp in the form the hot path binds it: aware on PostgreSQL, SQLite's text elsewhere."""
+    if at is None or settings.is_postgres:
+        return at
+    return database.sqlite_timestamp(at)
 
 
 # The rule in the domain ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("window", [None, WINDOW], ids=["no window", "window"])
 @pytest.mark.parametrize("rule", [CUSTOMER_CANCELLATION, OPERATOR_CANCELLATION], ids=["customer", "operator"])
-def test_each_rule_refuses_exactly_the_orders_it_does_not_allow(rule: CancellationRule) -> None:
+def test_each_rule_refuses_exactly_the_orders_it_does_not_allow(
+    rule: CancellationRule, window: timedelta | None
+) -> None:
+    cutoff = cutoff_now(window)
     for state in STATES:
         order = domain_order(*state)
-        assert (rule.refusal(order) is None) == rule.allows(order), state
+        assert (rule.refusal(order, cutoff) is None) == rule.allows(order, cutoff), state
+
+
+def test_past_the_window_a_customer_is_refused_509_and_an_operator_is_not_held() -> None:
+    cutoff = cutoff_now(WINDOW)
+    old = domain_order(ProductionStatus.ORDERED, PaymentStatus.OK, None, False)
+    recent = domain_order(ProductionStatus.ORDERED, PaymentStatus.OK, None, True)
+
+    assert isinstance(CUSTOMER_CANCELLATION.refusal(old, cutoff), ProcessingStarted)
+    assert CUSTOMER_CANCELLATION.refusal(recent, cutoff) is None
+    assert CUSTOMER_CANCELLATION.refusal(old, None) is None  # no window: as before
+    assert OPERATOR_CANCELLATION.refusal(old, cutoff) is None
 
 
 def test_an_operator_may_cancel_only_what_a_customer_may_plus_an_open_unclaimed_order_whose_payment_failed() -> None:
@@ -113,9 +150,8 @@ def test_an_operator_may_cancel_only_what_a_customer_may_plus_an_open_unclaimed_
         if OPERATOR_CANCELLATION.allows(domain_order(*state)) and not CUSTOMER_CANCELLATION.allows(domain_order(*state))
     }
     assert only_operator == {
-        (ProductionStatus.ORDERED, PaymentStatus.NOK, None),
-        (ProductionStatus.PROCESSING, PaymentStatus.NOK, None),
-    }
+        (ProductionStatus.ORDERED, PaymentStatus.NOK, None, recent) for recent in (True, False)
+    } | {(ProductionStatus.PROCESSING, PaymentStatus.NOK, None, recent) for recent in (True, False)}
     assert not any(
         CUSTOMER_CANCELLATION.allows(domain_order(*s)) and not OPERATOR_CANCELLATION.allows(domain_order(*s))
         for s in STATES
@@ -125,9 +161,11 @@ def test_an_operator_may_cancel_only_what_a_customer_may_plus_an_open_unclaimed_
 # The SQL, derived from the rule, against the rule ------------------------------------------------
 
 
+@pytest.mark.parametrize("window", [None, WINDOW], ids=["no window", "window"])
 def test_the_hot_path_update_cancels_exactly_the_orders_the_domain_allows(
-    settings: Settings, engine: Engine, every_state: dict[str, Order]
+    settings: Settings, engine: Engine, every_state: dict[str, Order], window: timedelta | None
 ) -> None:
+    cutoff = cutoff_now(window)
     statement = hot_path_statements(settings).cancel_by_number
     connection = engine.raw_connection()
     try:
@@ -142,6 +180,7 @@ def test_the_hot_path_update_cancels_exactly_the_orders_the_domain_allows(
                 "value": number,
                 "reason": None,
                 "note": None,
+                "placed_after": timestamp_param(settings, cutoff),
             }
             cursor.execute(statement, params)
             if cursor.fetchone() is not None:
@@ -149,13 +188,16 @@ def test_the_hot_path_update_cancels_exactly_the_orders_the_domain_allows(
         connection.rollback()  # only what the UPDATE would change matters here
     finally:
         connection.close()
-    allowed = {number for number, order in every_state.items() if CUSTOMER_CANCELLATION.allows(order)}
+    allowed = {number for number, order in every_state.items() if CUSTOMER_CANCELLATION.allows(order, cutoff)}
     assert cancelled == allowed
-    assert len(allowed) == 4  # Ordered and Processing, paid or pending, unclaimed: the rule is not vacuous
+    # Ordered and Processing, paid or pending, unclaimed, (without a window) placed at any time:
+    # the rule is not vacuous, and the window takes exactly the ones placed before it.
+    assert len(allowed) == (4 if window else 8)
 
 
+@pytest.mark.parametrize("window", [None, WINDOW], ids=["no window", "window"])
 def test_every_state_gets_the_domains_answer_through_the_real_store_and_is_recorded_with_it(
-    settings: Settings, engine: Engine, every_state: dict[str, Order]
+    settings: Settings, engine: Engine, every_state: dict[str, Order], window: timedelta | None
 ) -> None:
     async def cancel_all() -> dict[str, int]:
         store = open_store(dataclasses.replace(settings, key_cache_seconds=0))
@@ -165,7 +207,8 @@ def test_every_state_gets_the_domains_answer_through_the_real_store_and_is_recor
                 key = int(connection.scalar(select(api_keys.c.id)) or 0)
             answers = {}
             for number in every_state:
-                outcome = await store.cancel(steps.Attempt(key, f"req-{number}", Lookup(False, number)))
+                attempt = steps.Attempt(key, f"req-{number}", Lookup(False, number), window=window)
+                outcome = await store.cancel(attempt)
                 answers[number] = outcome.error.code if outcome.error else 0
             return answers
         finally:
@@ -174,8 +217,9 @@ def test_every_state_gets_the_domains_answer_through_the_real_store_and_is_recor
     answers = asyncio.run(cancel_all())
 
     expected = {}
+    cutoff = cutoff_now(window)
     for number, order in every_state.items():
-        refusal = cancellation_refusal(order)
+        refusal = cancellation_refusal(order, placed_after=cutoff)
         expected[number] = refusal.code if refusal else 0
     assert answers == expected
     recorded = {entry.request_id: entry.outcome for entry in service.list_attempts(engine, settings.environment)}
@@ -198,6 +242,7 @@ def test_an_operators_cancellation_succeeds_exactly_where_the_operators_rule_all
             continue
         cancelled.add(number)
     assert cancelled == {number for number, order in every_state.items() if OPERATOR_CANCELLATION.allows(order)}
+    assert any(number.endswith("-O") for number in cancelled)  # placed long ago: no window binds an operator
     recorded = service.list_attempts(engine, settings.environment)
     assert sorted(entry.order_number or "" for entry in recorded) == sorted(cancelled)
     assert {(entry.operator, entry.key_id, entry.outcome) for entry in recorded} == {("Grace", None, 0)}
@@ -208,6 +253,8 @@ def test_the_hot_path_sql_is_built_from_the_rule_not_written_beside_it() -> None
     assert "payment_status NOT IN ('PaymentNOK')" in steps.cancel_statement("order_number")
     assert "NOT IN ('PaymentNOK', 'PaymentOK', 'PaymentPending')" in steps.cancellable_condition(stricter)
     assert "payment_status" not in steps.cancellable_condition(OPERATOR_CANCELLATION)
+    assert "placed_at > :placed_after" in steps.cancel_statement("order_number")
+    assert "placed_at" not in steps.cancellable_condition(OPERATOR_CANCELLATION)
 
 
 # The re-check after a released claim -------------------------------------------------------------
@@ -433,7 +480,8 @@ def test_a_test_order_with_misspelt_fields_is_refused_501_naming_them_and_create
     assert response.status_code == 200
     assert response.json() == {
         "requestError": {
-            "message": "unknown field(s) 'Status', 'payment_status'; the fields are status, paymentStatus, engineer",
+            "message": "unknown field(s) 'Status', 'payment_status'; "
+            "the fields are status, paymentStatus, engineer, placedAt",
             "code": 501,
         }
     }
@@ -443,7 +491,7 @@ def test_a_test_order_with_misspelt_fields_is_refused_501_naming_them_and_create
 def test_the_sandbox_describes_its_test_orders_as_taking_no_other_fields(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()["components"]["schemas"]["TestOrderRequest"]
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"status", "paymentStatus", "engineer"}
+    assert set(schema["properties"]) == {"status", "paymentStatus", "engineer", "placedAt"}
 
 
 # Every cancellation is in the cancellation record --------------------------------------------------

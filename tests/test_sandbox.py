@@ -44,7 +44,7 @@ def test_a_test_order_is_created_with_the_documented_defaults(
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json; charset=utf-8"
     answer = response.json()
-    assert list(answer) == ["orderId", "orderNumber", "status", "paymentStatus"]
+    assert list(answer) == ["orderId", "orderNumber", "status", "paymentStatus", "placedAt"]
     assert answer["orderNumber"].startswith("IMC") and len(answer["orderNumber"]) == 9
     stored = service.find_order(engine, answer["orderId"])
     assert stored.order_number == answer["orderNumber"]
@@ -72,7 +72,14 @@ def test_an_xml_request_gets_an_xml_answer_with_its_own_root_element(
     assert response.headers["content-type"] == "text/xml; charset=utf-8"
     root = ElementTree.fromstring(response.content)
     assert root.tag == "CreateTestOrderResponse"
-    assert [child.tag for child in root] == ["orderId", "orderNumber", "status", "paymentStatus", "engineer"]
+    assert [child.tag for child in root] == [
+        "orderId",
+        "orderNumber",
+        "status",
+        "paymentStatus",
+        "engineer",
+        "placedAt",
+    ]
     stored = service.find_order(engine, root.findtext("orderId") or "")
     assert (stored.order_number, stored.status, stored.engineer) == (
         root.findtext("orderNumber"),

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from ordercancel import __version__, cancel_command
 from ordercancel.cancel_command import URL_VARIABLES
 from ordercancel.config import ConfigError, Settings
-from ordercancel.domain import CancellationReason, Order, PaymentStatus, ProductionStatus
+from ordercancel.domain import NO_WINDOW, CancellationReason, Order, PaymentStatus, ProductionStatus
 from ordercancel.http.observability import logging_config, share_metrics_between_workers
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
 from ordercancel.storage import database, service
@@ -82,11 +82,22 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_update(args: argparse.Namespace, settings: Settings) -> int:
-    if args.rate_limit is None:
-        raise CliError("nothing to update: give --rate-limit")
-    stored = service.set_rate_limit(_engine(settings), settings.environment, args.api_code, args.rate_limit)
-    print(f"rate limit: {stored or 'the default (ORDERCANCEL_RATE_LIMIT)'}")
+    if args.rate_limit is None and args.cancellation_window is None:
+        raise CliError("nothing to update: give --rate-limit or --cancellation-window")
+    engine = _engine(settings)
+    if args.rate_limit is not None:
+        stored = service.set_rate_limit(engine, settings.environment, args.api_code, args.rate_limit)
+        print(f"rate limit: {stored or 'the default (ORDERCANCEL_RATE_LIMIT)'}")
+    if args.cancellation_window is not None:
+        window = service.set_cancellation_window(engine, settings.environment, args.api_code, args.cancellation_window)
+        print(f"cancellation window: {_window_shown(window)}")
     return 0
+
+
+def _window_shown(seconds: int | None) -> str:
+    if seconds is None:
+        return "the default (ORDERCANCEL_CANCELLATION_WINDOW)"
+    return "none" if seconds == NO_WINDOW else f"{seconds} s"
 
 
 JSON_HELP = "print JSON instead of text"
@@ -104,6 +115,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             "createdAt": key.created_at.isoformat(),
             "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
             "rateLimit": key.rate_limit,
+            "cancellationWindow": key.cancellation_window,
         }
         for key in keys
     ]
@@ -136,6 +148,7 @@ def cmd_orders_create(args: argparse.Namespace, settings: Settings) -> int:
         engineer=args.engineer,
         number=args.number,
         order_id=args.order_id,
+        placed_at=args.placed_at,
     )
     if args.json:
         _print_json(service.order_fields(order))
@@ -467,6 +480,11 @@ def _order_commands(orders: Any, command: Callable[..., argparse.ArgumentParser]
     )
     create_order.add_argument("--number", help="default: the next free IMCnnnnnn")
     create_order.add_argument("--order-id", help="default: a new GUID")
+    create_order.add_argument(
+        "--placed-at",
+        metavar="RFC3339",
+        help="when it was placed, such as 2024-05-01T09:30:00Z (default: now); the cancellation window runs from here",
+    )
     create_order.add_argument("--json", action="store_true", help=JSON_HELP)
     import_orders = command(orders, "import", cmd_orders_import, "import orders from JSON Lines or CSV, all or none")
     import_orders.add_argument("file", metavar="FILE", help="*.csv: CSV; *.jsonl or starting with {: JSON Lines")
@@ -524,6 +542,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="requests allowed to this code, such as 500/second; 'none' for no limit, "
         "'default' to follow ORDERCANCEL_RATE_LIMIT",
+    )
+    update_key.add_argument(
+        "--cancellation-window",
+        metavar="DURATION",
+        help="how long after an order was placed this code may cancel it, such as 30m or 2h; "
+        "'none' for no window, 'default' to follow ORDERCANCEL_CANCELLATION_WINDOW",
     )
     list_keys = command(keys, "list", cmd_keys_list, "list API codes (their hashes are never shown)")
     list_keys.add_argument("--json", action="store_true", help=JSON_HELP)

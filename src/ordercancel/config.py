@@ -13,7 +13,7 @@ from pathlib import Path
 import limits
 from limits import RateLimitItem
 
-from ordercancel.domain import parse_guid
+from ordercancel.domain import MAX_WINDOW, parse_guid
 
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
 #: The shortest admin token accepted: a shorter one could be guessed.
@@ -84,6 +84,10 @@ class Settings:
     rate_limit_storage: str | None = None
     #: 401s an address may earn in a minute before it is answered 429 for the rest of that minute.
     auth_failures: int = 20
+    #: Seconds after an order was placed during which its integrator may cancel it (None: no
+    #: window, as before); past it the order counts as pushed into the processing queue (509).
+    #: A key's own window overrides it (`keys update CODE --cancellation-window`).
+    cancellation_window: float | None = None
     #: Connections one process holds open; past it the longest idle one is closed (else 503).
     #: Lowered at start to what the process's file-descriptor limit allows.
     max_connections: int = 4096
@@ -115,6 +119,7 @@ class Settings:
             "rate_limit_storage": env.get("ORDERCANCEL_RATE_LIMIT_STORAGE"),
             "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
             "max_connections": env.get("ORDERCANCEL_MAX_CONNECTIONS"),
+            "cancellation_window": env.get("ORDERCANCEL_CANCELLATION_WINDOW"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -191,6 +196,16 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
+def _window(text: str) -> float | None:
+    """Read the cancellation window: a duration of at most 365 days, or nothing (no window)."""
+    if not text.strip():
+        return None
+    seconds = parse_duration(text)
+    if seconds > MAX_WINDOW.total_seconds():
+        raise ValueError(f"a cancellation window is at most 365d, not {text.strip()!r}")
+    return seconds
+
+
 def _guid_or_empty(text: str) -> str:
     text = text.strip()
     if text and parse_guid(text) is None:
@@ -262,5 +277,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "rate_limit_storage": _redis_url,
     "auth_failures": _positive_int,
     "max_connections": _positive_int,
+    "cancellation_window": _window,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
@@ -98,6 +98,8 @@ class Order:
     cancellation_reason: CancellationReason | None = None
     cancellation_note: str | None = None
     cancelled_by: CancelledBy | None = None
+    #: When the order was placed: its cancellation window (if one is set) runs from here.
+    placed_at: datetime | None = None
 
 
 class RequestError(Exception):
@@ -224,22 +226,32 @@ def cancellation_details(reason: str | None, note: str | None) -> tuple[Cancella
 
 @dataclass(frozen=True, slots=True)
 class CancellationRule:
-    """When an order may be cancelled: an open status, a payment not refused, and no engineer's claim."""
+    """When an order may be cancelled: an open status, a payment not refused, no claim, inside the window."""
 
     #: The statuses a cancellation may leave.
     statuses: frozenset[ProductionStatus]
     #: The payment statuses that refuse a cancellation (code 506).
     refused_payments: frozenset[PaymentStatus]
+    #: Whether the cancellation window binds this rule: past it the order counts as pushed into
+    #: the processing queue (code 509).
+    windowed: bool = False
 
-    def allows(self, order: Order) -> bool:
+    def in_window(self, order: Order, placed_after: datetime | None) -> bool:
+        """Tell whether the window lets the order be cancelled: no cutoff, or placed strictly after it."""
+        if not self.windowed or placed_after is None:
+            return True
+        return order.placed_at is None or order.placed_at > placed_after
+
+    def allows(self, order: Order, placed_after: datetime | None = None) -> bool:
         """Tell whether the order may be cancelled under this rule (an engineer's claim always wins)."""
         return (
             order.status in self.statuses
             and order.payment_status not in self.refused_payments
             and order.engineer is None
+            and self.in_window(order, placed_after)
         )
 
-    def refusal(self, order: Order) -> RequestError | None:
+    def refusal(self, order: Order, placed_after: datetime | None = None) -> RequestError | None:
         """Say why the order cannot be cancelled, in the documented precedence, or None if it can."""
         if order.status is ProductionStatus.CANCELLED:
             return AlreadyCancelled()
@@ -247,23 +259,55 @@ class CancellationRule:
             return NotPlacedCorrectly()
         if order.status not in self.statuses:
             return ProductionStarted()
-        if order.engineer is not None:
+        if order.engineer is not None or not self.in_window(order, placed_after):
             return ProcessingStarted()
         return None
 
 
 #: An integrator's request through the API: an order whose payment failed was not placed correctly
-#: (506, "contact us"), so the integrator cannot cancel it alone.
-CUSTOMER_CANCELLATION = CancellationRule(OPEN_STATUSES, frozenset({PaymentStatus.NOK}))
+#: (506, "contact us"), so the integrator cannot cancel it alone; past the cancellation window the
+#: order counts as pushed into the processing queue (509).
+CUSTOMER_CANCELLATION = CancellationRule(OPEN_STATUSES, frozenset({PaymentStatus.NOK}), windowed=True)
 #: An operator's change (`orders set-status X Cancelled`, the admin API): the "us" of that 506, who
 #: settles the contact, so a failed payment does not stop them. The open status and the engineer's
-#: claim bind an operator as they bind a customer: a claim is released first, explicitly.
+#: claim bind an operator as they bind a customer: a claim is released first, explicitly. The
+#: window does not: it keeps integrators from cancelling what the queue may have taken, while the
+#: operator can see the order's real state (an engineer's claim, a status) and decide.
 OPERATOR_CANCELLATION = CancellationRule(OPEN_STATUSES, frozenset())
 
 
-def cancellation_refusal(order: Order, rule: CancellationRule = CUSTOMER_CANCELLATION) -> RequestError | None:
+def cancellation_refusal(
+    order: Order, rule: CancellationRule = CUSTOMER_CANCELLATION, placed_after: datetime | None = None
+) -> RequestError | None:
     """Say why the order cannot be cancelled under the rule (a customer's by default), or None if it can."""
-    return rule.refusal(order)
+    return rule.refusal(order, placed_after)
+
+
+# The cancellation window ------------------------------------------------------------------------
+#
+# A key's own window is kept as whole seconds: None follows the setting, 0 lifts the window for
+# that key, and a positive number is that key's window.
+
+#: A key's own window that means "no window for this key", whatever the setting says.
+NO_WINDOW = 0
+#: The longest window, the setting's or a key's: a year (a key's then fits a 32-bit integer).
+MAX_WINDOW = timedelta(days=365)
+
+
+def effective_window(override: int | None, setting: timedelta | None) -> timedelta | None:
+    """Return the window that binds a key: its own (None: the setting's; NO_WINDOW: none)."""
+    if override is None:
+        return setting
+    return None if override == NO_WINDOW else timedelta(seconds=override)
+
+
+def window_cutoff(now: datetime, window: timedelta | None) -> datetime | None:
+    """Return the instant an order must have been placed after to be inside the window at `now`.
+
+    The window is half-open: an order placed at P may be cancelled while now < P + window, so at
+    exactly P + window it is past.
+    """
+    return None if window is None else now - window
 
 
 # The fields of an order -----------------------------------------------------------------------
@@ -288,6 +332,8 @@ class NewOrder:
     status: ProductionStatus
     payment_status: PaymentStatus
     engineer: str | None
+    #: When the order was placed (UTC); None: when it is made.
+    placed_at: datetime | None = None
 
 
 def may_hold_engineer(status: ProductionStatus) -> bool:
@@ -328,6 +374,22 @@ def parse_payment(text: str) -> PaymentStatus:
         raise InvalidOrderField(f"unknown paymentStatus {text!r}; one of: {', '.join(PaymentStatus)}") from None
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
+
+
+def parse_placed_at(text: str) -> datetime:
+    """Read when an order was placed, an RFC 3339 date-time with its offset, as UTC; or refuse it."""
+    value = text.strip()
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    refusal = f"placedAt {shown!r} is not an RFC 3339 date-time with an offset, such as 2024-05-01T09:30:00Z"
+    if not _RFC3339.match(value):
+        raise InvalidOrderField(refusal)
+    try:
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):  # the form is right, the date is not (February 30th, year 0)
+        raise InvalidOrderField(refusal) from None
+
+
 def _given(text: str | None) -> str | None:
     """Absent, and blank, both mean "not given"."""
     return (text or "").strip() or None
@@ -340,8 +402,9 @@ def new_order(
     status: str | None = None,
     payment_status: str | None = None,
     engineer: str | None = None,
+    placed_at: str | None = None,
 ) -> NewOrder:
-    """Check an order's fields (defaults: Ordered, PaymentOK, no engineer); raise InvalidOrderField why not."""
+    """Check an order's fields (defaults: Ordered, PaymentOK, no engineer, placed now); raise InvalidOrderField."""
     number, given_id, name = _given(order_number), _given(order_id), _given(engineer)
     if number is not None and not is_order_number(number):
         raise InvalidOrderField(f"orderNumber {number!r} is not 1-32 letters, digits and dashes")
@@ -355,7 +418,8 @@ def new_order(
         if not may_hold_engineer(production):
             held = " or ".join(sorted(OPEN_STATUSES))
             raise InvalidOrderField(f"an engineer can only hold an order that is {held}")
-    return NewOrder(number, canonical_id, production, payment, name)
+    placed = None if _given(placed_at) is None else parse_placed_at(placed_at or "")
+    return NewOrder(number, canonical_id, production, payment, name, placed)
 
 
 @dataclass(frozen=True, slots=True)

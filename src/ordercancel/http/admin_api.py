@@ -149,6 +149,7 @@ class AdminApi:
             engineer=fields["engineer"],
             number=fields["orderNumber"],
             order_id=fields["orderId"],
+            placed_at=fields["placedAt"],
         )
 
     def _authorized(self, request: Request) -> bool:
@@ -171,4 +172,4 @@ class AdminApi:
 
 
 #: The fields of `orders create`, named as `orders show --json` names them, plus the API code.
-_CREATE_FIELDS = ("apiCode", "orderNumber", "orderId", "status", "paymentStatus", "engineer")
+_CREATE_FIELDS = ("apiCode", "orderNumber", "orderId", "status", "paymentStatus", "engineer", "placedAt")

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import orjson
 from sqlalchemy import Engine
@@ -30,6 +31,7 @@ from ordercancel.domain import (
     WrongOrderNumber,
     WrongRequestBody,
     cancellation_details,
+    effective_window,
     hash_api_code,
     lookup,
     parse_guid,
@@ -185,9 +187,11 @@ class Admission:
     code_hash: str = ""
     idempotency_key: str | None = None
     refusal: RequestError | None = None
+    #: The cancellation window that binds the caller: its key's own, else the setting's.
+    window: timedelta | None = None
 
 
-async def admission(store: Store, fair_use: FairUse, request: Request) -> Admission:
+async def admission(store: Store, fair_use: FairUse, request: Request, window: timedelta | None = None) -> Admission:
     """Authenticate a cancel request, count it against its limits, and read its Idempotency-Key."""
     # An address that keeps failing authentication costs no look-up until its minute is over.
     throttled = await fair_use.address_throttled(request.client)
@@ -212,15 +216,19 @@ async def admission(store: Store, fair_use: FairUse, request: Request) -> Admiss
     if refusal is not None and await authenticate_now(store, code_hash) is None:
         request.key_id = None
         return Admission(refusal=Unauthorized())
-    return Admission(admitted.headers, caller.key_id, code_hash, idempotency_key, refusal)
+    own_window = effective_window(caller.cancellation_window, window)
+    return Admission(admitted.headers, caller.key_id, code_hash, idempotency_key, refusal, own_window)
 
 
-def cancel_handler(store: Store, fair_use: FairUse, in_flight: InFlight, *, by_id: bool) -> Handler:
+def cancel_handler(
+    store: Store, fair_use: FairUse, in_flight: InFlight, *, by_id: bool, window: timedelta | None = None
+) -> Handler:
+    """Answer one cancel endpoint; `window` is ORDERCANCEL_CANCELLATION_WINDOW (a key's own overrides it)."""
     path = BY_ID_PATH if by_id else BY_NUMBER_PATH
 
     async def cancel(request: Request) -> Response:
         negotiated = negotiate(request.header("accept"))
-        admitted = await admission(store, fair_use, request)
+        admitted = await admission(store, fair_use, request, window)
         if admitted.refusal is not None:
             return answer(negotiated, Outcome(None, None, admitted.refusal), admitted.headers)
         try:
@@ -231,7 +239,7 @@ def cancel_handler(store: Store, fair_use: FairUse, in_flight: InFlight, *, by_i
                 raise
             request.key_id = None
             return answer(negotiated, Outcome(None, None, Unauthorized()))
-        blank = Attempt(admitted.key_id, request.request_id, WrongRequestBody())
+        blank = Attempt(admitted.key_id, request.request_id, WrongRequestBody(), window=admitted.window)
         attempt = read_attempt(blank, path, request, body, by_id=by_id)
         key = admitted.idempotency_key
         if key is None:
@@ -327,8 +335,9 @@ def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir:
     )
     in_flight = InFlight()
     sweeper = Sweeper(store.prune)
-    by_number = cancel_handler(store, fair_use, in_flight, by_id=False)
-    by_id = cancel_handler(store, fair_use, in_flight, by_id=True)
+    window = None if settings.cancellation_window is None else timedelta(seconds=settings.cancellation_window)
+    by_number = cancel_handler(store, fair_use, in_flight, by_id=False, window=window)
+    by_id = cancel_handler(store, fair_use, in_flight, by_id=True, window=window)
     sandbox = settings.environment is Environment.SANDBOX
     if sandbox:
         by_number, by_id = with_sandbox_hints(by_number, "orderNumber"), with_sandbox_hints(by_id, "orderId")

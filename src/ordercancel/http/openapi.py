@@ -173,6 +173,13 @@ _TEST_ORDER_SCHEMAS: dict[str, Any] = {
                 "description": f"claims the order (509): 1-{MAX_ENGINEER_NAME} printable characters, and only "
                 f"with status {_HELD}; anything else is code 501",
             },
+            "placedAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": "when the order was placed, RFC 3339 with an offset (default: now); one "
+                "longer ago than the cancellation window makes an order whose cancellation is refused "
+                "with 509",
+            },
         },
     },
     "CreateTestOrderResponse": {
@@ -184,6 +191,7 @@ _TEST_ORDER_SCHEMAS: dict[str, Any] = {
             "status": {"type": "string"},
             "paymentStatus": {"type": "string"},
             "engineer": {"type": "string"},
+            "placedAt": {"type": "string", "format": "date-time"},
             "requestError": {"$ref": "#/components/schemas/RequestError"},
         },
     },

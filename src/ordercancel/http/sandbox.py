@@ -46,7 +46,7 @@ class InvalidTestOrder(RequestError):
 
 
 #: The fields a test order request may carry; anything else is refused, so a misspelt one is not ignored.
-FIELDS = ("status", "paymentStatus", "engineer")
+FIELDS = ("status", "paymentStatus", "engineer", "placedAt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,8 @@ class TestOrderRequest:
     status: str = ProductionStatus.ORDERED.value
     payment_status: str = PaymentStatus.OK.value
     engineer: str | None = None
+    #: RFC 3339; None: now. One in the past makes an order whose cancellation window has passed.
+    placed_at: str | None = None
 
 
 def test_order_request(content_type: str | None, body: bytes) -> TestOrderRequest:
@@ -74,11 +76,15 @@ def test_order_request(content_type: str | None, body: bytes) -> TestOrderReques
         raise InvalidTestOrder(f"unknown field(s) {named}; the fields are {', '.join(FIELDS)}")
     try:
         checked = new_order(
-            status=fields.get("status"), payment_status=fields.get("paymentStatus"), engineer=fields.get("engineer")
+            status=fields.get("status"),
+            payment_status=fields.get("paymentStatus"),
+            engineer=fields.get("engineer"),
+            placed_at=fields.get("placedAt"),
         )
     except InvalidOrderField as error:
         raise InvalidTestOrder(str(error)) from None
-    return TestOrderRequest(checked.status.value, checked.payment_status.value, checked.engineer)
+    placed_at = None if checked.placed_at is None else checked.placed_at.isoformat()
+    return TestOrderRequest(checked.status.value, checked.payment_status.value, checked.engineer, placed_at)
 
 
 def order_response_fields(order: Order) -> dict[str, object]:
@@ -91,6 +97,8 @@ def order_response_fields(order: Order) -> dict[str, object]:
     }
     if order.engineer is not None:
         fields["engineer"] = order.engineer
+    if order.placed_at is not None:
+        fields["placedAt"] = order.placed_at.isoformat().replace("+00:00", "Z")
     return fields
 
 
@@ -115,6 +123,7 @@ class TestOrders:
             status=wanted.status,
             payment_status=wanted.payment_status,
             engineer=wanted.engineer,
+            placed_at=wanted.placed_at,
         )
 
     async def handle(self, request: Request) -> Response:

@@ -33,7 +33,7 @@ from ordercancel.storage.service import AdminError, active_key_id  # the lookup 
 Clock = Callable[[], datetime]
 UuidGen = Callable[[], uuid.UUID]
 
-COLUMNS = ("orderNumber", "orderId", "status", "paymentStatus", "engineer")
+COLUMNS = ("orderNumber", "orderId", "status", "paymentStatus", "engineer", "placedAt")
 REQUIRED = ("orderNumber", "status", "paymentStatus")
 #: Rows handed to the driver at once: large enough to amortise the call, small enough to stay in cache.
 CHUNK = 10_000
@@ -51,6 +51,7 @@ _INSERT_COLUMNS = (
     "engineer",
     "claimed_at",
     "created_at",
+    "placed_at",
 )
 
 
@@ -81,6 +82,8 @@ class Row:
     status: str
     payment_status: str
     engineer: str | None
+    #: When the order was placed (UTC), or None: when it is imported.
+    placed_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -104,15 +107,30 @@ def validate(line: int, record: dict[str, Any], uuidgen: UuidGen) -> Row:
     unknown = record.keys() - COLUMNS
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; the fields are {', '.join(COLUMNS)}")
-    number, given_id, status, payment, engineer = (_text(record, name) for name in COLUMNS)
-    for name, value in zip(COLUMNS, (number, given_id, status, payment, engineer), strict=True):
+    number, given_id, status, payment, engineer, placed_at = (_text(record, name) for name in COLUMNS)
+    for name, value in zip(COLUMNS, (number, given_id, status, payment, engineer, placed_at), strict=True):
         if value is None and name in REQUIRED:
             raise ValueError(f"{name} is missing")
     # The domain's InvalidOrderField is a ValueError: it is reported with the line like the rest.
-    fields = new_order(order_number=number, order_id=given_id, status=status, payment_status=payment, engineer=engineer)
+    fields = new_order(
+        order_number=number,
+        order_id=given_id,
+        status=status,
+        payment_status=payment,
+        engineer=engineer,
+        placed_at=placed_at,
+    )
     assert fields.order_number is not None  # required above
     order_id = fields.order_id or str(uuidgen())
-    return Row(line, fields.order_number, order_id, fields.status.value, fields.payment_status.value, fields.engineer)
+    return Row(
+        line,
+        fields.order_number,
+        order_id,
+        fields.status.value,
+        fields.payment_status.value,
+        fields.engineer,
+        fields.placed_at,
+    )
 
 
 def read_records(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
@@ -222,6 +240,7 @@ class _Writer:
 
     def _values(self, row: Row) -> tuple[object, ...]:
         claimed = self._now if row.engineer is not None else None
+        placed = self._now if row.placed_at is None else self._timestamp(row.placed_at)
         return (
             row.order_id,
             row.order_number,
@@ -231,7 +250,12 @@ class _Writer:
             row.engineer,
             claimed,
             self._now,
+            placed,
         )
+
+    def _timestamp(self, value: datetime) -> object:
+        # SQLite keeps a timestamp as text (naive UTC), and the window compares that text.
+        return value if self._postgres else sqlite_timestamp(value)
 
     def write(self, rows: list[Row]) -> None:
         columns = ", ".join(_INSERT_COLUMNS)

@@ -21,7 +21,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ordercancel.config import Environment
-from ordercancel.domain import Lookup, Outcome
+from ordercancel.domain import Lookup, Outcome, window_cutoff
 from ordercancel.storage.database import utcnow
 from ordercancel.storage.steps import (
     Attempt,
@@ -104,6 +104,7 @@ class PostgresStore:
 
     async def cancel(self, attempt: Attempt) -> Outcome:
         now = self._clock()
+        placed_after = window_cutoff(now, attempt.window)
         async with self._pool.connection() as connection:
             target = attempt.target
             if isinstance(target, Lookup) and attempt.idempotency_key is None:
@@ -116,6 +117,7 @@ class PostgresStore:
                     "value": target.value,
                     "reason": attempt.reason,
                     "note": attempt.note,
+                    "placed_after": placed_after,
                 }
                 cursor = await connection.execute(CANCEL_AND_RECORD[target.by_id], params)
                 row = await cursor.fetchone()
@@ -124,7 +126,7 @@ class PostgresStore:
             # Refused (or the body named no order, or an Idempotency-Key is to be taken): the
             # shared steps, in one transaction.
             async with connection.transaction():
-                return await _run(connection, attempt, now, now + self._idempotency_ttl)
+                return await _run(connection, attempt, now, now + self._idempotency_ttl, placed_after)
 
     async def prune(self, limit: int) -> int:
         async with self._pool.connection() as connection:
@@ -133,9 +135,13 @@ class PostgresStore:
 
 
 async def _run(
-    connection: AsyncConnection[tuple[object, ...]], attempt: Attempt, now: object, expires: object
+    connection: AsyncConnection[tuple[object, ...]],
+    attempt: Attempt,
+    now: object,
+    expires: object,
+    placed_after: object = None,
 ) -> Outcome:
-    steps = cancellation_steps(attempt, now, STATEMENTS, expires=expires)
+    steps = cancellation_steps(attempt, now, STATEMENTS, expires=expires, placed_after=placed_after)
     row: Sequence[object] | None = None
     try:
         while True:

@@ -40,6 +40,9 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True)),
     # The key's own rate policy: NULL follows ORDERCANCEL_RATE_LIMIT, "none" lifts the limit.
     Column("rate_limit", String(64)),
+    # The key's own cancellation window in seconds: NULL follows ORDERCANCEL_CANCELLATION_WINDOW,
+    # 0 means no window for this key (never negative: the service checks it).
+    Column("cancellation_window", Integer),
 )
 
 orders = Table(
@@ -55,6 +58,8 @@ orders = Table(
     Column("claimed_at", DateTime(timezone=True)),
     Column("cancelled_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # When the order was placed (default: when it was made or imported): the window runs from here.
+    Column("placed_at", DateTime(timezone=True), nullable=False),
     # Why and by whom it was cancelled: an API key (its row id) or an operator (a name), never both.
     Column("cancellation_reason", String(32)),
     Column("cancellation_note", Text),

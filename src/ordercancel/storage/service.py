@@ -11,14 +11,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, TextClause, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ordercancel import domain
-from ordercancel.config import UNLIMITED, Environment, parse_rate
+from ordercancel.config import UNLIMITED, Environment, parse_duration, parse_rate
 from ordercancel.domain import (
     OPEN_STATUSES,
     OPERATOR_CANCELLATION,
@@ -93,6 +93,8 @@ class ApiKey:
     revoked_at: datetime | None
     #: The key's own rate policy (None: the setting's; "none": no limit).
     rate_limit: str | None = None
+    #: The key's own cancellation window in seconds (None: the setting's; 0: no window).
+    cancellation_window: int | None = None
 
 
 def create_key(
@@ -148,15 +150,53 @@ def set_rate_limit(engine: Engine, environment: Environment, api_code: str, poli
     return stored
 
 
+#: The window word that lifts the cancellation window for one key.
+NO_WINDOW_POLICY = "none"
+
+
+def set_cancellation_window(engine: Engine, environment: Environment, api_code: str, window: str) -> int | None:
+    """Give an API key a cancellation window of its own (a duration, or "none"), or "default" to follow the setting.
+
+    Returns what is stored: seconds, domain.NO_WINDOW for "none", None for "default".
+    """
+    word = window.strip().lower()
+    if word == DEFAULT_POLICY:
+        stored: int | None = None
+    elif word == NO_WINDOW_POLICY:
+        stored = domain.NO_WINDOW
+    else:
+        try:
+            seconds = parse_duration(word)
+        except ValueError as error:
+            raise InvalidValue(
+                f"{error}, or 'none' (no window), or 'default' (ORDERCANCEL_CANCELLATION_WINDOW)"
+            ) from None
+        if seconds != int(seconds) or seconds > domain.MAX_WINDOW.total_seconds():
+            raise InvalidValue(f"a key's cancellation window is whole seconds, at most 365d, not {window.strip()!r}")
+        stored = int(seconds)
+    with engine.begin() as connection:
+        key_id = active_key_id(connection, environment, api_code)
+        connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(cancellation_window=stored))
+    return stored
+
+
 def list_keys(engine: Engine, environment: Environment) -> list[ApiKey]:
+    keys = api_keys.c
     query = (
-        select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at, api_keys.c.rate_limit)
-        .where(api_keys.c.environment == environment.value)
-        .order_by(api_keys.c.id)
+        select(keys.id, keys.name, keys.created_at, keys.revoked_at, keys.rate_limit, keys.cancellation_window)
+        .where(keys.environment == environment.value)
+        .order_by(keys.id)
     )
     with engine.connect() as connection:
         return [
-            ApiKey(row.id, row.name, as_utc(row.created_at) or utcnow(), as_utc(row.revoked_at), row.rate_limit)
+            ApiKey(
+                row.id,
+                row.name,
+                as_utc(row.created_at) or utcnow(),
+                as_utc(row.revoked_at),
+                row.rate_limit,
+                row.cancellation_window,
+            )
             for row in connection.execute(query)
         ]
 
@@ -171,20 +211,29 @@ def create_order(
     engineer: str | None = None,
     number: str | None = None,
     order_id: str | None = None,
+    placed_at: str | None = None,
     clock: Clock = utcnow,
     uuidgen: UuidGen = uuid.uuid4,
 ) -> Order:
     """Create an order for an API code (Ordered, PaymentOK by default); the next free IMCnnnnnn if unnumbered."""
     with _checked():
         fields = new_order(
-            order_number=number, order_id=order_id, status=status, payment_status=payment_status, engineer=engineer
+            order_number=number,
+            order_id=order_id,
+            status=status,
+            payment_status=payment_status,
+            engineer=engineer,
+            placed_at=placed_at,
         )
     number = fields.order_number
+    now = clock()
     values: dict[str, object] = {
         "status": fields.status.value,
         "payment_status": fields.payment_status.value,
         "engineer": fields.engineer,
-        "created_at": clock(),
+        "created_at": now,
+        # UTC: SQLite keeps the text of a timestamp, and the window compares that text.
+        "placed_at": fields.placed_at or now.astimezone(UTC),
     }
     if fields.engineer:
         values["claimed_at"] = values["created_at"]
@@ -241,6 +290,7 @@ def order_from_row(row: object) -> Order:
         cancellation_reason=None if reason is None else CancellationReason(reason),
         cancellation_note=mapping.get("cancellation_note"),
         cancelled_by=_cancelled_by(mapping.get("cancelled_by_key"), mapping.get("cancelled_by_operator")),
+        placed_at=as_utc(mapping.get("placed_at")),
     )
 
 
@@ -265,6 +315,7 @@ def order_fields(order: Order) -> dict[str, object]:
         "cancellationReason": order.cancellation_reason.value if order.cancellation_reason else None,
         "cancellationNote": order.cancellation_note,
         "cancelledBy": order.cancelled_by.fields() if order.cancelled_by else None,
+        "placedAt": order.placed_at.isoformat() if order.placed_at else None,
     }
 
 

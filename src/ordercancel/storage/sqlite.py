@@ -14,16 +14,20 @@ from datetime import timedelta
 from typing import cast
 
 from ordercancel.config import Environment
-from ordercancel.domain import Outcome
+from ordercancel.domain import Outcome, window_cutoff
 from ordercancel.storage.database import SQLITE_BUSY_TIMEOUT, configure_sqlite, sqlite_timestamp, utcnow
 from ordercancel.storage.steps import SQLITE_STATEMENTS, Attempt, Caller, Clock, caller, cancellation_steps
 
 
 def cancel_in_transaction(
-    connection: sqlite3.Connection, attempt: Attempt, now: str, expires: str | None = None
+    connection: sqlite3.Connection,
+    attempt: Attempt,
+    now: str,
+    expires: str | None = None,
+    placed_after: str | None = None,
 ) -> Outcome:
     """Run one cancellation attempt inside the caller's open transaction."""
-    steps = cancellation_steps(attempt, now, expires=expires)
+    steps = cancellation_steps(attempt, now, expires=expires, placed_after=placed_after)
     row: Sequence[object] | None = None
     try:
         while True:
@@ -342,7 +346,10 @@ class SqliteStore:
         at = self._clock()
         now = sqlite_timestamp(at)
         expires = None if attempt.idempotency_key is None else sqlite_timestamp(at + self._idempotency_ttl)
-        result = await self._writer.submit(lambda c: cancel_in_transaction(c, attempt, now, expires))
+        cutoff = window_cutoff(at, attempt.window)
+        # The same text form as every stored timestamp: the window is compared like with like.
+        placed_after = None if cutoff is None else sqlite_timestamp(cutoff)
+        result = await self._writer.submit(lambda c: cancel_in_transaction(c, attempt, now, expires, placed_after))
         assert isinstance(result, Outcome)
         return result
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
 from ordercancel.domain import (
@@ -28,6 +28,7 @@ from ordercancel.domain import (
     RequestError,
     Unauthorized,
 )
+from ordercancel.storage.database import as_utc
 
 Clock = Callable[[], datetime]
 
@@ -48,13 +49,18 @@ class Attempt:
     #: The caller's Idempotency-Key, and the fingerprint of what it asks (see http/idempotency.py).
     idempotency_key: str | None = None
     fingerprint: str = ""
+    #: The cancellation window that binds the caller (the key's own, else the setting's; None: none).
+    window: timedelta | None = None
 
 
 class Caller(NamedTuple):
-    """An active API key as the edge needs it: its row id, and its own rate policy (None: the setting)."""
+    """An active API key as the edge needs it: its row id, its own rate policy and cancellation window."""
 
     key_id: int
+    #: None: ORDERCANCEL_RATE_LIMIT; "none": no limit; else a rate such as 500/second.
     rate_limit: str | None
+    #: Seconds; None: ORDERCANCEL_CANCELLATION_WINDOW; 0 (domain.NO_WINDOW): no window for this key.
+    cancellation_window: int | None = None
 
 
 class Store(Protocol):
@@ -88,6 +94,11 @@ def cancellable_condition(rule: CancellationRule) -> str:
     if rule.refused_payments:
         parts.append(f"payment_status NOT IN ({_listed(rule.refused_payments)})")
     parts.append("engineer IS NULL")
+    if rule.windowed:
+        # :placed_after is `domain.window_cutoff` in the database's own form, decided by this same
+        # conditional write. NULL (no window) makes the comparison NULL, hence TRUE. One use of the
+        # parameter: PostgreSQL cannot type a NULL that only `:p IS NULL` would see.
+        parts.append("COALESCE(placed_at > :placed_after, TRUE)")
     return " AND ".join(parts)
 
 
@@ -105,7 +116,7 @@ def explain_statement(column: str, param: str = ":value") -> str:
     """Read what a refused cancellation needs to say why: the key, and the order if it is ours."""
     return (
         "SELECT k.revoked_at, o.id, o.order_id, o.order_number, o.status, o.payment_status, "
-        f"o.engineer FROM api_keys k LEFT JOIN orders o ON o.{column} = {param} "
+        f"o.engineer, o.placed_at FROM api_keys k LEFT JOIN orders o ON o.{column} = {param} "
         "AND o.api_key_id = k.id WHERE k.id = :key"
     )
 
@@ -151,16 +162,27 @@ PRUNE_KEYS = (
     "(SELECT id FROM idempotency_keys WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit)"
 )
 AUTHENTICATE = (
-    "SELECT id, rate_limit FROM api_keys WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
+    "SELECT id, rate_limit, cancellation_window FROM api_keys "
+    "WHERE code_hash = :hash AND environment = :environment AND revoked_at IS NULL"
 )
 
 
 def caller(row: Sequence[object] | None) -> Caller | None:
     """Read the row of AUTHENTICATE."""
-    return None if row is None else Caller(int(str(row[0])), None if row[1] is None else str(row[1]))
+    if row is None:
+        return None
+    rate, window = row[1], row[2]
+    return Caller(int(str(row[0])), None if rate is None else str(rate), None if window is None else int(str(window)))
 
 
-def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | None) -> tuple[int | None, Outcome]:
+def instant(value: object) -> datetime | None:
+    """Read a timestamp as a driver gives it (SQLite: naive UTC text; PostgreSQL: aware) as aware UTC."""
+    return as_utc(value if value is None or isinstance(value, datetime) else str(value))
+
+
+def refusal_outcome(
+    lookup: Lookup, echo: str | None, row: Sequence[object] | None, placed_after: object = None
+) -> tuple[int | None, Outcome]:
     """Turn the explain row of a refused cancellation into its outcome and the order's row id.
 
     A row whose order turns out to be cancellable (a claim was released in between) yields
@@ -170,15 +192,17 @@ def refusal_outcome(lookup: Lookup, echo: str | None, row: Sequence[object] | No
         return None, Outcome(None, None, Unauthorized())
     if row[1] is None:
         return None, Outcome(None, echo, lookup.not_found)
-    ref, order_id, number, status, payment, engineer = row[1:]
+    ref, order_id, number, status, payment, engineer, placed_at = row[1:]
     order = Order(
         str(order_id),
         str(number),
         ProductionStatus(str(status)),
         PaymentStatus(str(payment)),
         None if engineer is None else str(engineer),
+        placed_at=instant(placed_at),
     )
-    return int(str(ref)), Outcome(order.order_id, order.order_number, CUSTOMER_CANCELLATION.refusal(order))
+    refusal = CUSTOMER_CANCELLATION.refusal(order, instant(placed_after))
+    return int(str(ref)), Outcome(order.order_id, order.order_number, refusal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +255,12 @@ Steps = Generator[Step, Sequence[object] | None, Outcome]
 
 
 def cancellation_steps(
-    attempt: Attempt, now: object, statements: Statements = SQLITE_STATEMENTS, *, expires: object = None
+    attempt: Attempt,
+    now: object,
+    statements: Statements = SQLITE_STATEMENTS,
+    *,
+    expires: object = None,
+    placed_after: object = None,
 ) -> Steps:
     """Yield the statements of one cancellation attempt, to run in one transaction; return its outcome.
 
@@ -239,10 +268,11 @@ def cancellation_steps(
     PostgreSQL awaits them on a pooled connection. With an Idempotency-Key, the key is taken in
     the same transaction as the cancellation and its record, and keeps their outcome: a key
     that is already taken answers the outcome it keeps instead (`expires` is when a new key's
-    time is up).
+    time is up; `placed_after` is the window's cutoff, in the form `now` has, or None).
     """
     params: dict[str, object] = {
         "now": now,
+        "placed_after": placed_after,
         "key": attempt.key_id,
         "request_id": attempt.request_id,
         "reason": attempt.reason,
@@ -283,7 +313,7 @@ def _cancellation(
         row = yield Step(cancel, params)
         if row is not None:
             return Outcome(str(row[1]), str(row[2])), int(str(row[0]))
-        ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)))
+        ref, outcome = refusal_outcome(target, attempt.echo, (yield Step(explain, params)), params["placed_after"])
         if outcome.error is not None:
             return outcome, ref
     # The order kept changing under us (claims released and taken again): say so.
