@@ -3,7 +3,9 @@
 Seeds 200,000 orders, serves them as `make bench` does (one worker on core 0, wrk on core 1,
 the JSON request log on), samples both threads with py-spy for the run, and puts each sample
 in the first category found from the innermost frame outwards (the writer's idle waits are
-dropped). The shares are scaled to the CPU per request measured over the same run.
+dropped). py-spy counts a thread inside a system call (the writer's fsync) as busy, so samples
+are not CPU: each thread's samples are scaled to that thread's own CPU time over the run (the
+kernel's counters, /proc/PID/task/*/stat), per request answered.
 
     .venv/bin/pip install py-spy
     python -m bench.profile [--seconds S] [--stacks FILE]
@@ -12,6 +14,7 @@ dropped). The shares are scaled to the CPU per request measured over the same ru
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ordercancel-profile-"))
     stacks = options.stacks or work / "stacks.txt"
     started: list[subprocess.Popen[bytes]] = []
+    thread_cpu_after: list[dict[str, float]] = []
+    server_pid: list[int] = []
     serving = harness.serving
 
     def serving_with_py_spy(command: list[str], env: dict[str, str], port: int, ready_path: str = "/healthz") -> Any:
@@ -84,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         spy = [py_spy, "record", "-p", str(pid), "-r", "200", "-d", str(options.seconds), "--threads"]
         started.append(subprocess.Popen([*spy, "--nonblocking", "--format", "raw", "-o", str(stacks)]))
         time.sleep(0.5)  # py-spy attaches before the load starts
-        return _Entered(context, pid)
+        before = thread_cpu(pid)
+        server_pid.append(pid)
+
+        def after(pid: int) -> None:
+            now = thread_cpu(pid)
+            thread_cpu_after.append({name: now[name] - before.get(name, 0.0) for name in now})
+
+        return _Entered(context, pid, after)
 
     try:
         seeded = harness.seed(work, "main", f"sqlite:///{work}/main.db", 200_000, "B", mix=False)
@@ -97,26 +109,53 @@ def main(argv: list[str] | None = None) -> int:
         harness.serving = serving
         if options.stacks is None:
             shutil.rmtree(work, ignore_errors=True)
-    total = sum(n for name, n in counts.items() if not name.startswith("idle"))
     cpu = result.cpu_us or 0.0
+    threads = thread_cpu_after[0] if thread_cpu_after else {}
+    process = sum(threads.values()) or 1.0
+    # Python 3.11 does not name OS threads: every thread but the main one (tid = pid) is the writer.
+    writer_share = sum(t for name, t in threads.items() if not name.endswith(f"/{server_pid[0]}")) / process
     print(f"{result.rps:,.0f} req/s, {cpu:.1f} CPU us/req, p99 {result.p99_ms:.1f} ms, db check {result.check}")
-    print("| where | % of CPU | us per request |\n|---|---:|---:|")
-    for name, n in counts.most_common():
-        if not name.startswith("idle"):
-            print(f"| {name} | {100 * n / total:.1f} | {cpu * n / total:.0f} |")
+    print(f"CPU by thread: event loop {1 - writer_share:.0%}, writer {writer_share:.0%}")
+    print("| where | thread | % of the thread's samples | % of CPU | us per request |\n|---|---|---:|---:|---:|")
+    busy = {name: n for name, n in counts.items() if not name.startswith("idle")}
+    samples = {
+        thread: sum(n for name, n in busy.items() if name.startswith("writer") == (thread == "writer")) or 1
+        for thread in ("loop", "writer")
+    }
+    rows = []
+    for name, n in busy.items():
+        thread = "writer" if name.startswith("writer") else "loop"
+        share = writer_share if thread == "writer" else 1 - writer_share
+        rows.append((share * n / samples[thread], name, thread, n / samples[thread]))
+    for of_cpu, name, thread, of_thread in sorted(rows, reverse=True):
+        print(f"| {name} | {thread} | {100 * of_thread:.1f} | {100 * of_cpu:.1f} | {cpu * of_cpu:.0f} |")
     return 0
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of a process so far, by thread name and id."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 class _Entered:
     """A context already entered: leaving it leaves the wrapped one."""
 
-    def __init__(self, context: Any, pid: int) -> None:
-        self._context, self._pid = context, pid
+    def __init__(self, context: Any, pid: int, on_exit: Any) -> None:
+        self._context, self._pid, self._on_exit = context, pid, on_exit
 
     def __enter__(self) -> int:
         return self._pid
 
     def __exit__(self, *exc: object) -> None:
+        self._on_exit(self._pid)
         self._context.__exit__(*exc)
 
 
