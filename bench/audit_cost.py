@@ -1,12 +1,14 @@
-"""What the audit row costs, and what writing it from a trigger would save (issue 12's idea).
+"""What the audit row costs, written by the UPDATE's trigger (today) or as a second statement (before).
 
 Seeds a database with the CLI, then runs the same durable cancellations three ways on a fresh
 copy each, 64 to a commit (`synchronous=FULL`), and prints the CPU per cancellation:
 
-- today: the shared steps (`cancel_in_transaction`: the conditional UPDATE, then the INSERT);
-- update only: the UPDATE alone, as the minimal durable server does (no audit: not an option);
-- trigger: the UPDATE also sets a prototype column `cancel_request_id`, and an `AFTER UPDATE OF
-  cancel_request_id` trigger inserts the success's audit row in the same statement.
+- today: the shared steps as SQLite runs them (`cancel_in_transaction`): the conditional UPDATE
+  sets `cancel_request_id`, and the trigger of migration 0007 inserts the success's audit row in
+  the same statement;
+- two statements: the same steps as before 0007 (and as PostgreSQL's steps still are): the
+  conditional UPDATE, then the audit INSERT from Python;
+- update only: the UPDATE alone, as the minimal durable server does (no audit: not an option).
 
     python -m bench.audit_cost [--orders N] [--rounds R]
 """
@@ -23,21 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench.bench as harness
+from ordercancel.storage.steps import Statements
 
-TRIGGER = """
-CREATE TRIGGER audit_cancellation AFTER UPDATE OF cancel_request_id ON orders
-BEGIN
-  INSERT INTO cancellation_attempts (at, api_key_id, order_ref, outcome, request_id)
-  VALUES (new.cancelled_at, new.api_key_id, new.id, 0, new.cancel_request_id);
-END
-"""
-UPDATE_WITH_ID = (
-    "UPDATE orders SET status = 'Cancelled', cancelled_at = :now, cancel_request_id = :request_id "
-    "WHERE order_number = :value AND api_key_id = :key AND status IN ('Ordered', 'Processing') "
-    "AND payment_status <> 'PaymentNOK' AND engineer IS NULL "
-    "AND EXISTS (SELECT 1 FROM api_keys WHERE id = :key AND revoked_at IS NULL) RETURNING id, order_id, order_number"
-)
 BATCH = 64
+
+
+#: The statements as before migration 0007: the plain UPDATE (which leaves the trigger quiet), then the INSERT.
+TWO_STATEMENTS = Statements.build()
+
 
 Variant = Callable[[sqlite3.Connection, int, str, str, str], bool]
 
@@ -50,17 +45,24 @@ def today(db: sqlite3.Connection, key: int, number: str, request_id: str, now: s
     return cancel_in_transaction(db, Attempt(key, request_id, Lookup(False, number)), now).is_canceled
 
 
-def update_only(db: sqlite3.Connection, key: int, number: str, request_id: str, now: str) -> bool:
-    from ordercancel.storage.steps import SQLITE_STATEMENTS
+def two_statements(db: sqlite3.Connection, key: int, number: str, request_id: str, now: str) -> bool:
+    from ordercancel.domain import Lookup
+    from ordercancel.storage.steps import Attempt, cancellation_steps
 
+    steps = cancellation_steps(Attempt(key, request_id, Lookup(False, number)), now, TWO_STATEMENTS)
+    row = None
+    try:
+        while True:
+            step = steps.send(row)
+            row = db.execute(step.statement, step.params).fetchone()
+    except StopIteration as done:
+        return bool(done.value.is_canceled)
+
+
+def update_only(db: sqlite3.Connection, key: int, number: str, request_id: str, now: str) -> bool:
     params = {"now": now, "key": key, "request_id": request_id, "value": number, "reason": None, "note": None}
     params["placed_after"] = None  # no cancellation window
-    return db.execute(SQLITE_STATEMENTS.cancel_by_number, params).fetchone() is not None
-
-
-def by_trigger(db: sqlite3.Connection, key: int, number: str, request_id: str, now: str) -> bool:
-    params = {"now": now, "key": key, "request_id": request_id, "value": number}
-    return db.execute(UPDATE_WITH_ID, params).fetchone() is not None
+    return db.execute(TWO_STATEMENTS.cancel_by_number, params).fetchone() is not None
 
 
 def run(path: Path, variant: Variant, count: int) -> tuple[float, int, int]:
@@ -93,7 +95,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ordercancel-audit-"))
     try:
         seeded = harness.seed(work, "seed", f"sqlite:///{work}/seed.db", options.orders, "B", mix=False)
-        variants: dict[str, Variant] = {"today": today, "update only": update_only, "trigger": by_trigger}
+        variants: dict[str, Variant] = {"today": today, "two statements": two_statements, "update only": update_only}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(options.rounds):
             for name, variant in variants.items():
@@ -101,16 +103,12 @@ def main() -> None:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{copy}{suffix}").unlink(missing_ok=True)
                 shutil.copyfile(seeded.path, copy)
-                if variant is by_trigger:
-                    with sqlite3.connect(copy) as db:
-                        db.execute("ALTER TABLE orders ADD COLUMN cancel_request_id VARCHAR(128)")
-                        db.execute(TRIGGER)
                 us, cancelled, audited = run(copy, variant, options.orders)
                 assert cancelled == options.orders, (name, cancelled)
                 assert audited == (0 if variant is update_only else options.orders), (name, audited)
                 cpu[name].append(us)
         for name, values in cpu.items():
-            print(f"{name:12} {statistics.median(values):6.1f} us CPU per cancellation (runs {values})")
+            print(f"{name:14} {statistics.median(values):6.1f} us CPU per cancellation (runs {values})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,6 +7,7 @@ layer would cost more per request than the cancellation itself (see the README).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -27,6 +28,29 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("ordercancel")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+
+
+class RequestIds:
+    """Unique request ids without a system call each: a random per-process prefix and a counter.
+
+    32 hex characters, as `os.urandom(16).hex()` gave: unique within the process by the counter,
+    across processes by the random 64-bit prefix (a forked child draws its own). The counter
+    starts at a random offset, so an id does not tell how many requests the process has served.
+    """
+
+    def __init__(self) -> None:
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+new_request_id = RequestIds()
 
 
 class BodyTooLarge(Exception):
@@ -300,7 +324,7 @@ class App:
             query=scope.get("query_string", b"").decode("latin-1"),
             headers=headers,
             client=client[0] if client else None,
-            request_id=given_id if _REQUEST_ID.match(given_id) else os.urandom(16).hex(),
+            request_id=given_id if _REQUEST_ID.match(given_id) else new_request_id(),
             path_params={},
             _receive=receive,
             _max_body=self._max_body,

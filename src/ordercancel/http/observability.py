@@ -7,13 +7,16 @@ carries the key's row id, which names a key to an operator without revealing it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import shutil
 import sqlite3
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +39,20 @@ METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class LogTime:
+    """Render a time.time() as the log lines' UTC stamp, to the millisecond: strftime once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object: time, level, logger, message, then the record's `fields`.
 
@@ -44,14 +61,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._stamp = ""
-
-    def _time(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        self._time = LogTime()
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -206,11 +216,28 @@ def share_metrics_between_workers() -> str:
 
 
 class AccessLog:
-    """One JSON line per request: request id, endpoint, status, outcome code, latency, key id, client."""
+    """One JSON line per request: request id, endpoint, status, outcome code, latency, key id, client.
+
+    The line is what `JsonFormatter` would write for `log.info("request", extra={"fields": ...})`,
+    the same keys in the same order, but built by one `orjson.dumps` instead of a LogRecord and a
+    formatter, and the lines of one event-loop turn reach the stream in one write: a write per
+    request was most of the log's cost (docs/performance.md). That fast path is taken only when
+    the logger would hand the record to one JSON stream handler and nothing else (as
+    `logging_config` sets it up); any other set-up (a test's capture, a filter, other handlers)
+    gets an ordinary log call. Buffered lines are written at the end of their turn, when
+    `MAX_BUFFERED` lines are waiting, and at interpreter exit, so a crash loses at most one turn's.
+    """
+
+    MAX_BUFFERED = 256
 
     def __init__(self, metrics: Metrics, logger: logging.Logger | None = None) -> None:
         self._metrics = metrics
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
+        self._time = LogTime()
+        self._lines: list[bytes] = []
+        #: The handler the lines of this turn go to, or None when they go through `logging`.
+        self._handler: logging.StreamHandler[Any] | None = None
+        _UNFLUSHED.add(self)
 
     def observe(self, request: Request, response: Response, elapsed: float) -> None:
         if not self._log.isEnabledFor(logging.INFO):
@@ -225,4 +252,71 @@ class AccessLog:
             "key_id": request.key_id,
             "client": request.client,
         }
-        self._log.info("request", extra={"fields": fields})
+        first = not self._lines
+        if first:  # the first line of this turn: see where lines go now
+            self._handler = self._json_stream()
+            if self._handler is None:
+                self._log.info("request", extra={"fields": fields})
+                return
+        line: dict[str, object] = {
+            "time": self._time(time.time()),
+            "level": "info",
+            "logger": self._log.name,
+            "message": "request",
+        }
+        line.update(fields)
+        self._lines.append(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        if first:
+            _call_soon(self.flush)
+        elif len(self._lines) >= self.MAX_BUFFERED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines to their stream in one write."""
+        lines, self._lines, handler = self._lines, [], self._handler
+        if not lines or handler is None:
+            return
+        with handler.lock or contextlib.nullcontext():  # in order with the lines logged by other threads
+            try:
+                handler.stream.write(b"".join(lines).decode())
+                handler.flush()
+            except (OSError, ValueError):  # a closed or broken stream: as logging does, never fail the caller
+                pass
+
+    def _json_stream(self) -> logging.StreamHandler[Any] | None:
+        """The one JSON stream handler an INFO record of this logger would reach, if that is all it would reach."""
+        found: list[logging.Handler] = []
+        logger: logging.Logger | None = self._log
+        while logger is not None:
+            if logger.filters:
+                return None
+            found.extend(handler for handler in logger.handlers if handler.level <= logging.INFO)
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        if len(found) != 1:
+            return None
+        [handler] = found
+        if not isinstance(handler, logging.StreamHandler) or handler.filters:
+            return None
+        if type(handler.formatter) is not JsonFormatter:
+            return None
+        return handler
+
+
+def _call_soon(flush: Callable[[], None]) -> None:
+    """Run `flush` at the end of this event-loop turn; at once outside a running loop."""
+    try:
+        asyncio.get_running_loop().call_soon(flush)
+    except RuntimeError:
+        flush()
+
+
+#: The access logs that may hold lines at interpreter exit (a loop stopped before its last turn's flush).
+_UNFLUSHED: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for access_log in list(_UNFLUSHED):
+        access_log.flush()

@@ -65,6 +65,9 @@ orders = Table(
     Column("cancellation_note", Text),
     Column("cancelled_by_key", Integer, ForeignKey("api_keys.id")),
     Column("cancelled_by_operator", Text),
+    #: The request that cancelled the order through the API: on SQLite, setting it makes a trigger
+    #: write the success's audit row (migration 0007). Nothing reads it back.
+    Column("cancel_request_id", String(128)),
     _one_of("status", ProductionStatus),
     _one_of("payment_status", PaymentStatus),
 )

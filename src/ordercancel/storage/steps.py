@@ -9,7 +9,7 @@ PostgreSQL awaits them on a pooled connection (`postgres.py`).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -110,6 +110,14 @@ def cancel_statement(column: str, param: str = ":value") -> str:
         f"WHERE {column} = {param} AND api_key_id = :key AND {cancellable_condition(CUSTOMER_CANCELLATION)} "
         f"AND {_KEY_ACTIVE} RETURNING id, order_id, order_number"
     )
+
+
+def recorded_cancel_statement(column: str, param: str = ":value") -> str:
+    """The cancellation that also records its success (SQLite): it sets the column a trigger records from."""
+    statement = cancel_statement(column, param)
+    head = "UPDATE orders SET "
+    assert statement.startswith(head)
+    return f"{head}cancel_request_id = :request_id, {statement.removeprefix(head)}"
 
 
 def explain_statement(column: str, param: str = ":value") -> str:
@@ -220,6 +228,10 @@ class Statements:
     complete_key: str
     release_key: str
     prune_keys: str
+    #: Whether the cancel statements record a success themselves (SQLite's trigger, migration
+    #: 0007): then a success has no record step. They run only while the key is active, in the
+    #: transaction that records, so the record step's check of the key would change nothing.
+    success_recorded: bool = False
 
     @classmethod
     def build(cls, style: Callable[[str], str] = lambda sql: sql) -> Statements:
@@ -238,7 +250,12 @@ class Statements:
         )
 
 
-SQLITE_STATEMENTS = Statements.build()
+SQLITE_STATEMENTS = replace(
+    Statements.build(),
+    cancel_by_number=recorded_cancel_statement("order_number"),
+    cancel_by_id=recorded_cancel_statement("order_id"),
+    success_recorded=True,
+)
 #: How often a cancellation is retried when the order became cancellable while it was refused.
 RETRIES = 3
 
@@ -287,7 +304,8 @@ def cancellation_steps(
     outcome, ref = yield from _cancellation(attempt, params, statements)
     if not isinstance(outcome.error, Unauthorized):
         params.update(ref=ref, outcome=outcome.error.code if outcome.error else 0)
-        if (yield Step(statements.record_attempt, params)) is None:  # the key was revoked meanwhile
+        recorded = statements.success_recorded and outcome.error is None  # by the UPDATE itself
+        if not recorded and (yield Step(statements.record_attempt, params)) is None:  # the key was revoked meanwhile
             outcome = Outcome(None, None, Unauthorized())
     if attempt.idempotency_key is not None:
         if isinstance(outcome.error, Unauthorized):  # nothing is kept for a key revoked meanwhile
