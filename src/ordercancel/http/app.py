@@ -239,15 +239,17 @@ def cancel_handler(
                 raise
             request.key_id = None
             return answer(negotiated, Outcome(None, None, Unauthorized()))
-        blank = Attempt(admitted.key_id, request.request_id, WrongRequestBody(), window=admitted.window)
-        attempt = read_attempt(blank, path, request, body, by_id=by_id)
         key = admitted.idempotency_key
+        blank = Attempt(
+            admitted.key_id, request.request_id, WrongRequestBody(), window=admitted.window, idempotency_key=key
+        )
+        attempt = read_attempt(blank, path, request, body, by_id=by_id)
         if key is None:
             return answer(negotiated, await store.cancel(attempt), admitted.headers)
         if not in_flight.enter(admitted.key_id, key):
             return answer(negotiated, Outcome(None, None, IdempotencyKeyInFlight()), admitted.headers)
         try:
-            outcome = await store.cancel(replace(attempt, idempotency_key=key))
+            outcome = await store.cancel(attempt)
         finally:
             in_flight.leave(admitted.key_id, key)
         return answer(negotiated, outcome, admitted.headers)
@@ -265,10 +267,12 @@ def read_attempt(attempt: Attempt, path: str, request: Request, body: bytes, *, 
         reason, note = cancellation_details(values["reason"], values["note"])
         echo = None if by_id or value is None else value.strip() or None
         target: Lookup | RequestError = lookup(value, by_id=by_id)
-        print_ = fingerprint(path, None if value is None else value.strip(), reason, note)
+        asked: tuple[str | None, ...] = (None if value is None else value.strip(), reason, note)
     except RequestError as error:
         target = error
-        print_ = fingerprint(path, hashlib.sha256(body).hexdigest())
+        asked = (hashlib.sha256(body).hexdigest(),)
+    # Only a request with an Idempotency-Key needs to say what it asks: no hashing for the others.
+    print_ = "" if attempt.idempotency_key is None else fingerprint(path, *asked)
     return replace(attempt, target=target, echo=echo, reason=reason, note=note, fingerprint=print_)
 
 
