@@ -1,11 +1,14 @@
-"""The admin command line: `ordercancel serve | db | keys | orders | audit | demo`, and the client's `cancel`."""
+"""The admin command line: `ordercancel serve | db | keys | orders | audit | webhooks | dispatch | demo | cancel`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging.config
 import os
 import resource
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +21,12 @@ from sqlalchemy.exc import OperationalError
 
 from ordercancel import __version__, cancel_command
 from ordercancel.cancel_command import URL_VARIABLES
-from ordercancel.config import ConfigError, Settings
+from ordercancel.config import ConfigError, Environment, Settings
 from ordercancel.domain import NO_WINDOW, CancellationReason, Order, PaymentStatus, ProductionStatus
+from ordercancel.events import EventType, InvalidSubscription
 from ordercancel.http.observability import logging_config, share_metrics_between_workers
 from ordercancel.http.protocol import BoundedHttpToolsProtocol
-from ordercancel.storage import database, service
+from ordercancel.storage import database, outbox, service
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -200,6 +204,145 @@ def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
             key = f"key {entry.key_id} {entry.key_name or '-'}" if entry.key_id else f"operator {entry.operator}"
             print(f"{entry.at.isoformat()}\t{key}\t{entry.order_number or '-'}\t{outcome}\t{entry.request_id}")
     return 0
+
+
+# Webhooks ---------------------------------------------------------------------------------------
+
+WEBHOOKS_HEADER = ("id", "url", "events", "owner", "state")
+DELIVERIES_HEADER = ("delivery", "event", "type", "order", "endpoint", "state", "attempts")
+
+
+def _registrable(settings: Settings, url: str) -> str:
+    from ordercancel.delivery import registrable_url
+
+    https_only = settings.environment is Environment.PRODUCTION
+    try:
+        return asyncio.run(registrable_url(url, https_only=https_only, allow_private=settings.webhook_allow_private))
+    except InvalidSubscription as error:
+        raise CliError(str(error)) from None
+
+
+def _event_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part for part in text.split(",") if part.strip()]
+
+
+def _print_secret(endpoint: outbox.Endpoint, secret: str, as_json: bool) -> None:
+    if as_json:
+        _print_json({"id": endpoint.endpoint_id, "url": endpoint.url, "events": endpoint.events, "secret": secret})
+        return
+    print(f"id: {endpoint.endpoint_id}\nurl: {endpoint.url}\nevents: {', '.join(endpoint.events)}")
+    print(f"secret: {secret}\n(shown this once: verify each delivery's webhook-signature with it)")
+
+
+def cmd_webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(settings)
+    url = _registrable(settings, args.url)
+    key_id = None
+    if args.api_code is not None:
+        with engine.connect() as connection:
+            key_id = service.active_key_id(connection, settings.environment, args.api_code)
+    endpoint, secret = outbox.add_endpoint(engine, url, api_key_id=key_id, types=_event_list(args.events))
+    _print_secret(endpoint, secret, args.json)
+    return 0
+
+
+def cmd_webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    endpoints = outbox.list_endpoints(_engine(settings), operator=True)
+    if args.json:
+        _print_json({"webhooks": [endpoint.fields() for endpoint in endpoints]})
+        return 0
+    print("\t".join(WEBHOOKS_HEADER))
+    for e in endpoints:
+        owner = "all keys" if e.api_key_id is None else f"key {e.api_key_id}"
+        state = "active" if e.disabled_at is None else f"disabled {e.disabled_at.isoformat()} ({e.disabled_reason})"
+        print(f"{e.endpoint_id}\t{e.url}\t{','.join(e.events)}\t{owner}\t{state}")
+    return 0
+
+
+def cmd_webhooks_remove(args: argparse.Namespace, settings: Settings) -> int:
+    outbox.remove_endpoint(_engine(settings), args.id, operator=True)
+    print("removed")
+    return 0
+
+
+def cmd_webhooks_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
+    endpoint, secret = outbox.rotate_secret(_engine(settings), args.id)
+    _print_secret(endpoint, secret, args.json)
+    if not args.json and endpoint.previous_secret_until is not None:
+        print(f"the old secret signs too until {endpoint.previous_secret_until.isoformat()}")
+    return 0
+
+
+def cmd_webhooks_deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    deliveries = outbox.list_deliveries(_engine(settings), endpoint_id=args.endpoint, limit=args.limit)
+    if args.json:
+        _print_json({"deliveries": [delivery.fields() for delivery in deliveries]})
+        return 0
+    print("\t".join(DELIVERIES_HEADER))
+    for d in deliveries:
+        print(f"{d.id}\t{d.event_id}\t{d.event_type}\t{d.order_number}\t{d.endpoint_id}\t{d.state}\t{len(d.attempts)}")
+        for a in d.attempts:
+            answer = f"HTTP {a.status}" if a.status is not None else "no answer"
+            print(f"\t{a.at.isoformat()}\t{answer}\t{a.latency_ms} ms\t{a.error or ''}".rstrip())
+    return 0
+
+
+def cmd_webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
+    made = outbox.replay(_engine(settings), args.event_id, endpoint_id=args.endpoint)
+    print(f"replayed to {made} endpoint{'' if made == 1 else 's'}")
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from ordercancel.delivery import Dispatcher
+
+    engine = _engine(settings)
+    logging.config.dictConfig(logging_config(args.log_level.upper()))
+
+    async def run() -> None:
+        dispatcher = Dispatcher.from_settings(settings, engine)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await dispatcher.start()
+        print(f"ordercancel dispatcher on {settings.database_url}", flush=True)
+        await stop.wait()
+        await dispatcher.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _webhook_commands(webhooks: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    add = command(webhooks, "add", cmd_webhooks_add, "register an endpoint that is sent order events, signed")
+    add.add_argument("url", metavar="URL", help="where events are POSTed (https in production)")
+    owner = add.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--api-code", help="the API code whose orders' events it receives")
+    owner.add_argument("--all-keys", action="store_true", help="an operator's endpoint: every order's events")
+    add.add_argument(
+        "--events", metavar="T,...", help=f"the event types it wants (default all): {', '.join(EventType)}"
+    )
+    add.add_argument("--json", action="store_true", help=JSON_HELP)
+    listed = command(webhooks, "list", cmd_webhooks_list, "list every endpoint (secrets are never shown)")
+    listed.add_argument("--json", action="store_true", help=JSON_HELP)
+    remove = command(webhooks, "remove", cmd_webhooks_remove, "remove an endpoint with its deliveries")
+    remove.add_argument("id", metavar="ID", help="the endpoint's id (ep_...)")
+    rotate = command(
+        webhooks,
+        "rotate-secret",
+        cmd_webhooks_rotate_secret,
+        "give an endpoint a new secret; the old one signs 24 h more",
+    )
+    rotate.add_argument("id", metavar="ID", help="the endpoint's id (ep_...)")
+    rotate.add_argument("--json", action="store_true", help=JSON_HELP)
+    deliveries = command(webhooks, "deliveries", cmd_webhooks_deliveries, "list deliveries with every attempt")
+    deliveries.add_argument("--endpoint", metavar="ID", help="only this endpoint's")
+    deliveries.add_argument("--limit", type=_positive, default=100, help="the newest N (default %(default)s)")
+    deliveries.add_argument("--json", action="store_true", help=JSON_HELP)
+    replay = command(webhooks, "replay", cmd_webhooks_replay, "send an event again, with its own webhook-id")
+    replay.add_argument("event_id", metavar="EVENT_ID", help="the event's id (evt_..., the webhook-id header)")
+    replay.add_argument("--endpoint", metavar="ID", help="to this endpoint only (default: every one it went to)")
 
 
 def cmd_orders_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -566,6 +709,13 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--order", metavar="NUMBER_OR_ID", help="only the attempts that found this order")
     audit_list.add_argument("--limit", type=_positive, help="only the newest N")
     audit_list.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    webhooks = commands.add_parser("webhooks", help="webhook endpoints and deliveries", parents=[common])
+    _webhook_commands(webhooks.add_subparsers(dest="webhooks_command", required=True), command)
+    dispatch = command(commands, "dispatch", cmd_dispatch, "run a webhook dispatcher alone (serve runs one too)")
+    dispatch.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="the JSON log on stderr"
+    )
 
     demo = command(commands, "demo", cmd_demo, "seed a demo API code with one order per outcome")
     demo.add_argument("--host", default="127.0.0.1", help="the host the printed examples use (default 127.0.0.1)")

@@ -44,8 +44,15 @@ class Codec(Protocol):
         """
         ...
 
+    def strings(self, body: bytes, name: str) -> list[str] | None:
+        """Return a field that lists strings: a JSON array, or XML child elements (or one comma-separated text).
+
+        None when absent; raise WrongRequestBody when it is something else.
+        """
+        ...
+
     def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
-        """Render an ordered mapping of fields (values str, bool, int, None or nested mapping).
+        """Render an ordered mapping of fields (values str, bool, int, None, nested mapping, or list).
 
         root names the XML document element; JSON has none and ignores it.
         """
@@ -80,6 +87,14 @@ class JsonCodec:
         if any(v is not None and not isinstance(v, str) for v in document.values()):
             raise WrongRequestBody()
         return {k: v for k, v in document.items() if isinstance(v, str) or v is None}
+
+    def strings(self, body: bytes, name: str) -> list[str] | None:
+        value = self._object(body).get(name)
+        if value is None:
+            return None
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise WrongRequestBody()
 
     def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
         return orjson.dumps(fields)
@@ -144,6 +159,19 @@ class XmlCodec:
             found[name] = self._value(child)
         return found
 
+    def strings(self, body: bytes, name: str) -> list[str] | None:
+        matches = [child for child in self._root(body) if _local(child.tag) == name]
+        if len(matches) > 1:
+            raise WrongRequestBody()
+        if not matches:
+            return None
+        element = matches[0]
+        if not len(element):
+            return [part for part in (element.text or "").split(",") if part.strip()]
+        if any(len(item) for item in element):
+            raise WrongRequestBody()
+        return [item.text or "" for item in element]
+
     def encode(self, fields: Mapping[str, object], root: str = XML_ROOT) -> bytes:
         return f'<?xml version="1.0" encoding="utf-8"?>{_element(root, fields)}'.encode()
 
@@ -151,6 +179,9 @@ class XmlCodec:
 def _element(name: str, value: object) -> str:
     if isinstance(value, Mapping):
         inner = "".join([_element(k, v) for k, v in value.items() if v is not None])
+    elif isinstance(value, list):  # <events><event>a</event>...</events>: each item named by the singular
+        item = name[:-1] if name.endswith("s") and len(name) > 1 else "item"
+        inner = "".join([_element(item, v) for v in value])
     elif isinstance(value, bool):
         inner = "true" if value else "false"
     else:

@@ -14,6 +14,7 @@ import limits
 from limits import RateLimitItem
 
 from ordercancel.domain import MAX_WINDOW, parse_guid
+from ordercancel.events import DEFAULT_SCHEDULE
 
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
 #: The shortest admin token accepted: a shorter one could be guessed.
@@ -91,6 +92,15 @@ class Settings:
     #: Connections one process holds open; past it the longest idle one is closed (else 503).
     #: Lowered at start to what the process's file-descriptor limit allows.
     max_connections: int = 4096
+    #: Let webhooks go to loopback, private, link-local and other non-public addresses (tests,
+    #: and platforms whose consumers live on their own network). Off: such URLs are refused.
+    webhook_allow_private: bool = False
+    #: Seconds before each retry of a failed webhook delivery; after the last, it has failed.
+    webhook_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    #: Seconds one delivery attempt may take, from connecting to the end of the answer.
+    webhook_timeout: float = 15.0
+    #: Whether `serve` runs a webhook dispatcher in each process (off: `ordercancel dispatch` does).
+    webhook_dispatcher: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -120,6 +130,10 @@ class Settings:
             "auth_failures": env.get("ORDERCANCEL_AUTH_FAILURES"),
             "max_connections": env.get("ORDERCANCEL_MAX_CONNECTIONS"),
             "cancellation_window": env.get("ORDERCANCEL_CANCELLATION_WINDOW"),
+            "webhook_allow_private": env.get("ORDERCANCEL_WEBHOOK_ALLOW_PRIVATE"),
+            "webhook_schedule": env.get("ORDERCANCEL_WEBHOOK_SCHEDULE"),
+            "webhook_timeout": env.get("ORDERCANCEL_WEBHOOK_TIMEOUT"),
+            "webhook_dispatcher": env.get("ORDERCANCEL_WEBHOOK_DISPATCHER"),
         }
         return settings.with_values(**{k: v for k, v in raw.items() if v is not None})
 
@@ -257,6 +271,24 @@ def _admin_token(text: str) -> str:
     return token
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _flag(text: str) -> bool:
+    try:
+        return _FLAGS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be 1 or 0 (true/false, yes/no, on/off), not {text!r}") from None
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    """Read the webhook retry schedule: comma-separated durations, such as 5s,5m,30m,2h."""
+    delays = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not delays or len(delays) > 50:
+        raise ValueError(f"a schedule is 1-50 comma-separated durations, such as 5s,5m,30m,2h, not {text!r}")
+    return delays
+
+
 def _addresses(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -278,5 +310,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "auth_failures": _positive_int,
     "max_connections": _positive_int,
     "cancellation_window": _window,
+    "webhook_allow_private": _flag,
+    "webhook_schedule": _schedule,
+    "webhook_timeout": _positive_float,
+    "webhook_dispatcher": _flag,
 }
 _VARIABLES = {name: f"ORDERCANCEL_{name.upper()}" for name in _PARSERS}

@@ -39,6 +39,7 @@ from xml.sax.saxutils import escape
 import httpx
 
 from ordercancel.client._version import __version__
+from ordercancel.client.webhooks import InvalidSignature, verify_webhook
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
 BY_ID_PATH = "/web-api/order/CancelOrderById"
@@ -634,6 +635,7 @@ __all__ = [
     "ConflictInFlight",
     "IdempotencyKeyReused",
     "InvalidIdempotencyKey",
+    "InvalidSignature",
     "MissingOrderReference",
     "NotPlacedCorrectly",
     "OrderNotFound",
@@ -648,4 +650,5 @@ __all__ = [
     "__version__",
     "production_url",
     "sandbox_url",
+    "verify_webhook",
 ]

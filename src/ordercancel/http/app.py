@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from ordercancel.codecs import CODECS, Negotiated, error_fields, negotiate, outcome_fields, request_codec
 from ordercancel.config import Environment, Settings
+from ordercancel.delivery import Dispatcher
 from ordercancel.domain import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -37,7 +38,7 @@ from ordercancel.domain import (
     parse_guid,
 )
 from ordercancel.http.admin_api import ADMIN_POOL_SIZE, AdminApi
-from ordercancel.http.core import App, BodyTimeout, BodyTooLarge, Handler, Request, Response, Route
+from ordercancel.http.core import App, BodyTimeout, BodyTooLarge, Handler, Observer, Request, Response, Route
 from ordercancel.http.demo import demo_routes
 from ordercancel.http.fairuse import FairUse
 from ordercancel.http.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -45,7 +46,8 @@ from ordercancel.http.idempotency import REPLAYED_HEADER, InFlight, Sweeper, fin
 from ordercancel.http.observability import MULTIPROC_ENV, AccessLog, Metrics
 from ordercancel.http.openapi import openapi_document
 from ordercancel.http.sandbox import SANDBOX_ORDERS_PATH, TestOrders
-from ordercancel.storage import Attempt, Store, authenticate_now, open_store
+from ordercancel.http.webhooks import WEBHOOKS_PATH, Webhooks
+from ordercancel.storage import Attempt, Store, authenticate_now, open_store, outbox
 from ordercancel.storage.database import create_sync_engine
 
 BY_NUMBER_PATH = "/web-api/order/CancelOrderByNumber"
@@ -329,8 +331,8 @@ def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir:
     `engine` runs the admin use cases (the admin API, the sandbox's test orders); `metrics_dir` is
     the directory the workers of one `serve --workers N` share their metrics in.
     """
-    endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH]
-    metrics = Metrics(endpoints, multiprocess_dir=metrics_dir)
+    endpoints = [BY_NUMBER_PATH, BY_ID_PATH, "/healthz", "/openapi.json", METRICS_PATH, WEBHOOKS_PATH]
+    metrics = Metrics(endpoints, multiprocess_dir=metrics_dir, backlog=lambda: outbox.backlog(engine))
     fair_use = FairUse(
         rate_limit=settings.rate_limit,
         auth_failures=settings.auth_failures,
@@ -352,6 +354,7 @@ def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir:
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
+        *Webhooks(settings, store, engine, api_key_hash).routes(),
     ]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
         routes.extend(AdminApi(settings, engine).routes())
@@ -362,18 +365,35 @@ def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir:
     async def dispose_engine() -> None:
         engine.dispose()
 
+    on_startup = [store.start, sweeper.start]
     on_shutdown = [sweeper.stop, store.close, dispose_engine]
+    observers: list[Observer] = [metrics.observe, AccessLog(metrics).observe]
+    if settings.webhook_dispatcher:
+        dispatcher = Dispatcher.from_settings(settings, engine, on_outcome=metrics.count_webhook)
+        on_startup.append(dispatcher.start)
+        on_shutdown.insert(0, dispatcher.stop)
+        observers.append(nudging(dispatcher))
     return App(
         routes,
         error=error_response,
-        on_startup=[store.start, sweeper.start, freeze_startup_objects],
+        on_startup=[*on_startup, freeze_startup_objects],
         on_shutdown=on_shutdown,
-        observers=[metrics.observe, AccessLog(metrics).observe],
+        observers=observers,
         default_headers=[(ENVIRONMENT_HEADER, settings.environment.value.encode())],
         max_body=settings.max_body_bytes,
         body_timeout=settings.body_timeout,
         max_concurrency=settings.max_concurrency,
     )
+
+
+def nudging(dispatcher: Dispatcher) -> Observer:
+    """An observer that wakes the dispatcher after a change went through: its event is committed."""
+
+    def observe(request: Request, response: Response, elapsed: float) -> None:
+        if response.status < 300 and request.method != "GET":
+            dispatcher.nudge()
+
+    return observe
 
 
 def create_app_from_env() -> App:

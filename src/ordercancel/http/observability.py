@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -117,7 +117,13 @@ class Metrics:
     process's own, for a single process and the tests.
     """
 
-    def __init__(self, endpoints: Iterable[str], *, multiprocess_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        *,
+        multiprocess_dir: str | None = None,
+        backlog: Callable[[], tuple[int, float]] | None = None,
+    ) -> None:
         if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
             # The client picks its storage when it is first imported: counted in memory, nothing
             # would reach the files, and every scrape would sum the other workers' files only.
@@ -145,6 +151,12 @@ class Metrics:
             "Rate-limit checks that failed on their storage (the request was served without the limit).",
             registry=registry,
         )
+        self._webhook_deliveries = Counter(
+            "ordercancel_webhook_deliveries_total",
+            "Webhook delivery attempts, by outcome: delivered, retried (later), failed (for good), gone (410).",
+            ("outcome",),
+            registry=registry,
+        )
         #: The bound methods to call for each (endpoint, outcome, status): `labels()` costs more
         #: than the increments it leads to. Bounded: our endpoints, outcome codes and statuses.
         self._bound: dict[tuple[str, int | None, int], tuple[Callable[[float], None], Callable[[float], None]]] = {}
@@ -153,6 +165,11 @@ class Metrics:
             self._scraped.register(_WithoutCreated(registry))
         else:
             MultiProcessCollector(self._scraped, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        if backlog is not None:  # the database's own figures: the same whichever worker is scraped
+            self._scraped.register(_Backlog(backlog))
+
+    def count_webhook(self, outcome: str) -> None:
+        self._webhook_deliveries.labels(outcome).inc()
 
     def count_rate_limit_storage_error(self) -> None:
         self._rate_limit_storage_errors.inc()
@@ -180,9 +197,28 @@ class Metrics:
 
     def handler(self) -> Handler:
         async def metrics(request: Request) -> Response:
-            return Response(200, self.exposition(), METRICS_CONTENT_TYPE)
+            # In a thread: the webhook backlog is a database query, and the loop keeps serving.
+            return Response(200, await asyncio.to_thread(self.exposition), METRICS_CONTENT_TYPE)
 
         return metrics
+
+
+class _Backlog(Collector):
+    """The webhook outbox as the database holds it: pending deliveries and the oldest one's age."""
+
+    def __init__(self, read: Callable[[], tuple[int, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        pending, age = self._read()
+        yield GaugeMetricFamily(
+            "ordercancel_webhook_backlog", "Webhook deliveries not yet delivered nor failed.", value=pending
+        )
+        yield GaugeMetricFamily(
+            "ordercancel_webhook_oldest_undelivered_age_seconds",
+            "Age of the oldest event with a delivery still pending (0: none).",
+            value=age,
+        )
 
 
 class _WithoutCreated(Collector):

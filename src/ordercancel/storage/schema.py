@@ -110,3 +110,82 @@ idempotency_keys = Table(
     UniqueConstraint("api_key_id", "key", name="uq_idempotency_keys_api_key_id_key"),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
+
+# Webhooks (events.py): endpoints, the outbox of events, and their deliveries with every attempt.
+# The events and their deliveries are written by a trigger on orders (migration 0008), in the
+# transaction of the change they describe, whichever code path makes it.
+
+# Where events are sent: an integrator's endpoint belongs to one API key and hears of that key's
+# orders only; an operator's (api_key_id NULL) hears of every order.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(32), nullable=False, unique=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), index=True),
+    Column("url", Text, nullable=False),
+    # The event types it wants, as events.EVENT_BITS (the trigger tests the bits).
+    Column("event_mask", Integer, nullable=False),
+    Column("secret", String(128), nullable=False),
+    # After a rotation the old secret signs too, until previous_secret_until.
+    Column("previous_secret", String(128)),
+    Column("previous_secret_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Set when the endpoint answered 410 Gone: nothing more is sent to it.
+    Column("disabled_at", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+)
+
+# The outbox: one row per change of an order, the order as it is after the change and what moved.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("type", String(32), nullable=False),
+    Column("order_ref", Integer, ForeignKey("orders.id"), nullable=False),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payment_status", String(16), nullable=False),
+    Column("from_status", String(16), nullable=False),
+    Column("from_payment", String(16), nullable=False),
+    Column("engineer", Text),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("cancellation_reason", String(32)),
+    Column("cancellation_note", Text),
+    Column("cancelled_by_key", Integer),
+    Column("cancelled_by_operator", Text),
+    UniqueConstraint("order_ref", "sequence", name="uq_webhook_events_order_ref_sequence"),
+)
+
+# One event to one endpoint: pending until a 2xx answer (delivered) or the schedule runs out (failed).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_ref", Integer, ForeignKey("webhook_events.id"), nullable=False, index=True),
+    Column("endpoint_ref", Integer, ForeignKey("webhook_endpoints.id"), nullable=False, index=True),
+    Column("state", String(16), nullable=False),
+    # Attempts made so far, and when the next one is due.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    # A dispatcher holds the delivery until then; past it, another may take it (the holder died).
+    Column("lease_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_webhook_deliveries_state_due_at", "state", "due_at"),
+)
+
+# Every attempt of every delivery: when, the answer's status (NULL: none came), how long, what failed.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_ref", Integer, ForeignKey("webhook_deliveries.id"), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("status", Integer),
+    Column("latency_ms", Integer, nullable=False),
+    Column("error", Text),
+)

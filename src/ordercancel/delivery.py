@@ -1,0 +1,336 @@
+"""The webhook dispatcher: claims due deliveries, signs and sends them, and records every attempt.
+
+Every `ordercancel serve` process runs one; `ordercancel dispatch` runs one alone. Each turn
+records the attempts that finished and claims as many due deliveries as it has free slots,
+in one transaction (storage/outbox.py): a claim is a lease, so dispatchers never send one
+delivery at once, and one that dies holding a lease only delays those deliveries until the
+lease runs out, when another dispatcher (or itself, restarted) sends them again. Delivery is
+at least once: a receiver may see an event twice, always with the same webhook-id.
+
+Every connection is checked where it is made: a host that resolves to a loopback, private,
+link-local, multicast or otherwise non-public address is refused (the guarded network backend
+below), unless ORDERCANCEL_WEBHOOK_ALLOW_PRIVATE=1. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+import orjson
+from sqlalchemy import Engine
+
+from ordercancel.client._version import __version__
+from ordercancel.client.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from ordercancel.config import Settings
+from ordercancel.events import (
+    DEFAULT_SCHEDULE,
+    InvalidSubscription,
+    check_url,
+    forbidden_address,
+    payload,
+    retry_delay,
+)
+from ordercancel.storage import outbox
+from ordercancel.storage.database import utcnow
+
+log = logging.getLogger("ordercancel.webhooks")
+
+USER_AGENT = f"ordercancel/{__version__}"
+#: Most of an answer read (and then dropped): a receiver's answer matters only by its status.
+MAX_ANSWER = 64 * 1024
+#: Seconds one attempt may take, from connecting to the end of the answer.
+DEFAULT_TIMEOUT = 15.0
+#: Deliveries one dispatcher has in flight at once.
+CONCURRENCY = 32
+#: Seconds an idle dispatcher waits before it looks for due deliveries again.
+POLL_SECONDS = 0.5
+#: Longest error text kept with an attempt.
+MAX_ERROR = 300
+#: How an attempt's outcome is counted: delivered, retried later, failed for good, endpoint gone.
+OUTCOMES = ("delivered", "retried", "failed", "gone")
+
+Resolver = Callable[[str, int], Any]
+
+
+class ForbiddenAddress(httpcore.ConnectError):
+    """The webhook's host resolves to an address no webhook may be sent to."""
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address a host name resolves to (a literal address is itself)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def refused_addresses(addresses: Iterable[str]) -> list[str]:
+    """The addresses among these that no webhook may be sent to."""
+    return [address for address in addresses if forbidden_address(address)]
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, but a connection is made only to addresses a webhook may reach.
+
+    The name is resolved here, checked, and the connection made to the checked address: no
+    second look-up can hand over another address in between. TLS still verifies the host name.
+    """
+
+    def __init__(self, *, allow_private: bool, resolver: Callable[[str, int], Any] = resolve) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._allow_private = allow_private
+        self._resolve = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if self._allow_private:
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            addresses: list[str] = await self._resolve(host, port)
+        except OSError as error:
+            raise httpcore.ConnectError(f"{host} does not resolve: {error}") from None
+        refused = refused_addresses(addresses)
+        if refused or not addresses:
+            raise ForbiddenAddress(f"{host} resolves to {', '.join(refused) or 'nothing'}: not a public address")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                failure = error
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover: httpx never asks for one here
+        raise httpcore.ConnectError("webhooks are not sent over Unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_transport(
+    *, allow_private: bool, resolver: Callable[[str, int], Any] = resolve
+) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport over the guarded backend (httpx takes no backend itself: its pool is replaced)."""
+    transport = httpx.AsyncHTTPTransport(retries=0)
+    # httpx (pinned <0.30) builds its pool in __init__ and sends through `_pool`; the shape is
+    # checked by tests/test_webhooks.py, and the SSRF tests fail if the guard is not used.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=CONCURRENCY * 2,
+        max_keepalive_connections=CONCURRENCY,
+        keepalive_expiry=5.0,
+        network_backend=GuardedBackend(allow_private=allow_private, resolver=resolver),
+    )
+    return transport
+
+
+class Dispatcher:
+    """One dispatcher: a task on the event loop of the process that runs it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        schedule: tuple[float, ...] = DEFAULT_SCHEDULE,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_private: bool = False,
+        concurrency: int = CONCURRENCY,
+        poll: float = POLL_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+        uniform: Callable[[float, float], float] = random.uniform,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._engine = engine
+        self._schedule = schedule
+        self._timeout = timeout
+        # Past the lease another dispatcher may send the delivery again: well beyond one attempt.
+        self._lease = timedelta(seconds=2 * timeout + 10)
+        self._concurrency = concurrency
+        self._poll = poll
+        self._clock = clock
+        self._uniform = uniform
+        self._on_outcome = on_outcome
+        self._transport = transport or guarded_transport(allow_private=allow_private)
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        #: Deliveries sent since the start: the bench and the tests read it.
+        self.sent = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, *, on_outcome: Callable[[str], None] = lambda outcome: None
+    ) -> Dispatcher:
+        """The dispatcher the settings describe (every serve process runs one; so does `dispatch`)."""
+        return cls(
+            engine,
+            schedule=settings.webhook_schedule,
+            timeout=settings.webhook_timeout,
+            allow_private=settings.webhook_allow_private,
+            on_outcome=on_outcome,
+        )
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            transport=self._transport, follow_redirects=False, timeout=self._timeout, headers={"user-agent": USER_AGENT}
+        )
+        self._task = asyncio.create_task(self._run(), name="ordercancel-dispatcher")
+
+    def nudge(self) -> None:
+        """Look for due deliveries now rather than at the next poll (an event was just committed)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; give the attempts under way a moment, record them, and close."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        in_flight: set[asyncio.Task[outbox.Result]] = set()
+        finished: list[outbox.Result] = []
+        while True:
+            try:
+                await self._turn(in_flight, finished)
+            except Exception:  # the database is away, say: keep the results, try again later
+                log.exception("webhook dispatcher turn failed")
+                await asyncio.sleep(self._poll)
+            if self._stopping:
+                break
+            await self._wait(in_flight, finished)
+        # Stopping: what is under way may finish within a second; the rest keep their lease.
+        if in_flight:
+            done, pending = await asyncio.wait(in_flight, timeout=1.0)
+            finished.extend(task.result() for task in done)
+            for task in pending:
+                task.cancel()
+        if finished:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._exchange, finished, 0)
+
+    async def _turn(self, in_flight: set[asyncio.Task[outbox.Result]], finished: list[outbox.Result]) -> None:
+        free = 0 if self._stopping else self._concurrency - len(in_flight)
+        if not finished and (free == 0 or not await asyncio.to_thread(outbox.has_due, self._engine, self._clock())):
+            return
+        work = await asyncio.to_thread(self._exchange, list(finished), free)
+        finished.clear()
+        for due in work:
+            in_flight.add(asyncio.create_task(self._attempt(due)))
+
+    def _exchange(self, results: list[outbox.Result], limit: int) -> list[outbox.Due]:
+        return outbox.settle_and_claim(self._engine, results, now=self._clock(), lease=self._lease, limit=limit)
+
+    async def _wait(self, in_flight: set[asyncio.Task[outbox.Result]], finished: list[outbox.Result]) -> None:
+        self._wake.clear()
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait([*in_flight, woken], timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        for task in in_flight & done:
+            in_flight.discard(task)
+            finished.append(task.result())
+
+    async def _attempt(self, due: outbox.Due) -> outbox.Result:
+        """Send one delivery once; say what came of it (never raises)."""
+        assert self._client is not None
+        body = orjson.dumps(payload(due.event, operator=due.operator))
+        timestamp = int(time.time())
+        headers = {
+            ID_HEADER: due.event.event_id,
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(due.secrets, due.event.event_id, timestamp, body),
+            "content-type": "application/json",
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                status = await self._post(due.url, body, headers)
+        except TimeoutError:
+            error = f"no answer within {self._timeout:g} s"
+        except httpx.HTTPError as failure:
+            error = f"{type(failure).__name__}: {failure}"[:MAX_ERROR]
+        else:
+            error = None if 200 <= status < 300 else f"answered HTTP {status}"
+        latency = round((time.perf_counter() - started) * 1000)
+        self.sent += 1
+        return self._result(due, status, latency, error)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        assert self._client is not None
+        async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= MAX_ANSWER:
+                    break
+            return response.status_code
+
+    def _result(self, due: outbox.Due, status: int | None, latency: int, error: str | None) -> outbox.Result:
+        at = self._clock()
+        delivered = status is not None and 200 <= status < 300
+        gone = status == 410
+        delay = None if delivered or gone else retry_delay(due.attempts + 1, self._schedule, self._uniform)
+        retry_at = None if delay is None else at + timedelta(seconds=delay)
+        outcome = "delivered" if delivered else "gone" if gone else "retried" if retry_at else "failed"
+        self._on_outcome(outcome)
+        if outcome != "delivered":
+            log.info(
+                "webhook attempt %s",
+                outcome,
+                extra={"fields": {"event": due.event.event_id, "delivery": due.delivery_id, "error": error}},
+            )
+        return outbox.Result(
+            due.delivery_id, at, status, latency, error, retry_at, delivered, due.endpoint_ref if gone else None
+        )
+
+
+async def registrable_url(
+    url: str, *, https_only: bool, allow_private: bool, resolver: Callable[[str, int], Any] = resolve
+) -> str:
+    """Check a webhook URL as it is registered: its form, then where its host resolves to now.
+
+    The address is checked again at every connection (GuardedBackend): a name can change its address.
+    """
+    checked = check_url(url, https_only=https_only)
+    if allow_private:
+        return checked
+    parts = urlsplit(checked)
+    host = parts.hostname or ""
+    try:
+        addresses: list[str] = await resolver(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        raise InvalidSubscription(f"the webhook URL's host {host!r} does not resolve") from None
+    refused = refused_addresses(addresses)
+    if refused or not addresses:
+        raise InvalidSubscription(
+            f"the webhook URL's host resolves to {', '.join(refused) or 'nothing'}: "
+            "a loopback, private, link-local, multicast or otherwise non-public address"
+        )
+    return checked
