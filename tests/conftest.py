@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,16 +40,26 @@ def postgres_schemas() -> Iterator[PostgresSchemas]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Path) -> Iterator[Settings]:
-    """Settings for a fresh, migrated database: every test using it runs on both backends."""
+    """Settings for a fresh, migrated database: every test using it runs on both backends.
+
+    No webhook dispatcher runs in the servers of these settings: a test about webhooks turns it on
+    (`dataclasses.replace(settings, webhook_dispatcher=True)`), and its server is then stopped
+    and waited for before the database goes.
+    """
     if request.param == "sqlite":
         path = tmp_path / "ordercancel.db"
         shutil.copy(migrated_sqlite, path)
-        yield Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX)
+        yield Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX, webhook_dispatcher=False)
         return
     schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
     name = schemas.create()
     try:
-        yield Settings(database_url=postgres_url(name), environment=Environment.SANDBOX, pool_size=TEST_POOL_SIZE)
+        yield Settings(
+            database_url=postgres_url(name),
+            environment=Environment.SANDBOX,
+            pool_size=TEST_POOL_SIZE,
+            webhook_dispatcher=False,
+        )
     finally:
         schemas.drop(name)
 
@@ -94,3 +106,30 @@ def admin_http(admin_server: LiveServer) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with httpx.Client(base_url=admin_server.url, headers=headers, timeout=10) as client:
         yield client
+
+
+#: The server the crash tests make databases of their own on.
+POSTGRES_SERVER_URL = os.environ.get("ORDERCANCEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def own_database_url(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own (on PostgreSQL a database, not a schema): for crash tests,
+    whose killed servers' connections and integrity checks must stay apart from the other tests'."""
+    if request.param == "sqlite":
+        path = tmp_path / "crash.db"
+        shutil.copy(migrated_sqlite, path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"ordercancel_crash_{uuid.uuid4().hex[:8]}"
+    with connect_postgres(f"{POSTGRES_SERVER_URL}/postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES_SERVER_URL}/{name}"
+    engine = database.create_sync_engine(Settings(database_url=url))
+    database.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with connect_postgres(f"{POSTGRES_SERVER_URL}/postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

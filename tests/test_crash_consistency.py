@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import queue
 import random
-import shutil
 import threading
 import time
 import uuid
@@ -28,7 +27,6 @@ from ordercancel.config import Environment, Settings
 from ordercancel.storage import database, service
 from ordercancel.storage.database import utcnow
 from ordercancel.storage.schema import orders
-from tests.support.postgres import connect_postgres
 from tests.support.serving import ServeProcess
 from tests.support.wire import BY_NUMBER
 
@@ -38,7 +36,6 @@ pytestmark = pytest.mark.subprocess
 KILLS = int(os.environ.get("ORDERCANCEL_CRASH_KILLS", "3"))
 ORDERS = 400 + 800 * KILLS
 CLIENTS = 6
-POSTGRES_URL = os.environ.get("ORDERCANCEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 
 
 @dataclass
@@ -47,36 +44,6 @@ class Tally:
     answered: int = 0
     transport_errors: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _sqlite_url(template: Path, directory: Path) -> Iterator[str]:
-    path = directory / "crash.db"
-    shutil.copy(template, path)
-    yield f"sqlite:///{path}"
-
-
-def _postgres_url() -> Iterator[str]:
-    # A database of its own, not a schema: amcheck and a killed server's connections stay apart.
-    name = f"ordercancel_crash_{uuid.uuid4().hex[:8]}"
-    with connect_postgres(f"{POSTGRES_URL}/postgres") as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{POSTGRES_URL}/{name}"
-    engine = database.create_sync_engine(Settings(database_url=url))
-    database.upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with connect_postgres(f"{POSTGRES_URL}/postgres") as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, migrated_sqlite: Path, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield from _sqlite_url(migrated_sqlite, tmp_path)
-    else:
-        yield from _postgres_url()
 
 
 def _client(
@@ -154,16 +121,16 @@ def _check(engine: Engine, tally: Tally) -> tuple[int, int]:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = database.create_sync_engine(Settings(database_url=database_url))
+def engine(own_database_url: str) -> Iterator[Engine]:
+    engine = database.create_sync_engine(Settings(own_database_url=own_database_url))
     yield engine
     engine.dispose()
 
 
 def test_acknowledged_cancellations_survive_sigkill_at_random_moments(
-    database_url: str, engine: Engine, tmp_path: Path
+    own_database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    settings = Settings(database_url=database_url, environment=Environment.SANDBOX)
+    settings = Settings(own_database_url=own_database_url, environment=Environment.SANDBOX)
     code = service.create_key(engine, settings.environment, "crash test")
     numbers = [f"CRASH-{i:05d}" for i in range(ORDERS)]
     key_id = service.list_keys(engine, settings.environment)[0].id
@@ -190,7 +157,7 @@ def test_acknowledged_cancellations_survive_sigkill_at_random_moments(
     seed = random.randrange(2**32)
     chance = random.Random(seed)
     tally = Tally()
-    served = ServeProcess(database_url, tmp_path / "serve.log")
+    served = ServeProcess(own_database_url, tmp_path / "serve.log")
     served.start()
     kills = 0
     try:
@@ -220,7 +187,7 @@ def test_acknowledged_cancellations_survive_sigkill_at_random_moments(
         served.stop()
     cancelled, attempts = _check(engine, tally)
     print(
-        f"\ncrash test ({database_url.split(':', maxsplit=1)[0]}, seed {seed}): {kills} SIGKILLs, "
+        f"\ncrash test ({own_database_url.split(':', maxsplit=1)[0]}, seed {seed}): {kills} SIGKILLs, "
         f"{tally.answered} answers, "
         f"{len(tally.acknowledged)} acknowledged cancellations, {cancelled} cancelled in the database, "
         f"{attempts} audit rows, {tally.transport_errors} requests cut off by a kill, 0 lost"

@@ -134,6 +134,7 @@ def test_the_client_wheel_holds_the_client_package_alone_and_requires_only_httpx
         "ordercancel/client/__init__.py",
         "ordercancel/client/_version.py",
         "ordercancel/client/py.typed",
+        "ordercancel/client/webhooks.py",
     ]
     assert "ordercancel/__init__.py" not in names  # a namespace portion: it must not shadow the server's package
     assert requires == ["httpx>=0.27"]

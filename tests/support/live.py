@@ -51,7 +51,8 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop(wait=False)
+        # A webhook dispatcher may be mid-query: wait for it, so that the test's database can go.
+        self.stop(wait=self.settings.webhook_dispatcher)
 
     def stop(self, *, wait: bool = True) -> None:
         """Ask the server to shut down; waiting costs uvicorn's 0.1 s ticks, which add up per test."""

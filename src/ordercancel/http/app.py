@@ -354,7 +354,7 @@ def create_app(settings: Settings, store: Store, engine: Engine, *, metrics_dir:
         Route("/openapi.json", {"GET": openapi_handler(settings)}),
         Route(METRICS_PATH, {"GET": metrics.handler()}),
         *demo_routes(settings, BY_NUMBER_PATH, BY_ID_PATH),
-        *Webhooks(settings, store, engine, api_key_hash).routes(),
+        *Webhooks(settings, store, engine, fair_use, api_key_hash).routes(),
     ]
     if settings.admin_token:  # without a token the admin API is not there at all (404)
         routes.extend(AdminApi(settings, engine).routes())

@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 from ordercancel.codecs import Negotiated, negotiate, request_codec
 from ordercancel.config import Environment, Settings
 from ordercancel.delivery import registrable_url
-from ordercancel.domain import RequestError, Unauthorized
+from ordercancel.domain import RequestError, TooManyRequests, Unauthorized
 from ordercancel.events import InvalidSubscription
 from ordercancel.http.core import Handler, Request, Response, Route
+from ordercancel.http.fairuse import FairUse
 from ordercancel.storage import Store, authenticate_now, outbox
 from ordercancel.storage.service import AdminError, InvalidValue
 
@@ -38,13 +39,13 @@ class WebhookRefused(RequestError):
 
 
 #: The HTTP status of each refusal's code.
-_STATUS = {401: 401, 400: 400, 404: 404, 501: 400}
+_STATUS = {401: 401, 400: 400, 404: 404, 429: 429, 501: 400}
 NOT_FOUND = "No webhook endpoint with this id belongs to your apiCode."
 
 
-def _refusal(negotiated: Negotiated, error: RequestError) -> Response:
+def _refusal(negotiated: Negotiated, error: RequestError, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
     body = negotiated.codec.encode({"requestError": {"message": error.message, "code": error.code}}, XML_ROOT)
-    return Response(_STATUS.get(error.code, 400), body, negotiated.content_type, outcome=error.code)
+    return Response(_STATUS.get(error.code, 400), body, negotiated.content_type, headers or [], outcome=error.code)
 
 
 def _answer(negotiated: Negotiated, status: int, fields: dict[str, object], root: str = XML_ROOT) -> Response:
@@ -66,9 +67,15 @@ class Webhooks:
     """The integrators' webhook routes, over the admin use cases' engine."""
 
     def __init__(
-        self, settings: Settings, store: Store, engine: Engine, key_hash: Callable[[Request], str | None]
+        self,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        fair_use: FairUse,
+        key_hash: Callable[[Request], str | None],
     ) -> None:
         self._store = store
+        self._fair_use = fair_use
         self._key_hash = key_hash
         self._engine = engine
         self._https_only = settings.environment is Environment.PRODUCTION
@@ -83,16 +90,27 @@ class Webhooks:
     def _handler(self, action: Action) -> Handler:
         async def handle(request: Request) -> Response:
             negotiated = negotiate(request.header("accept"))
+            # The same fair use as the cancel endpoints: an address guessing codes is throttled
+            # here too, and a code's calls count against its rate limit.
+            throttled = await self._fair_use.address_throttled(request.client)
+            if not throttled.allowed:
+                return _refusal(negotiated, TooManyRequests(), throttled.headers)
             code_hash = self._key_hash(request)
             # Every call looks the code up itself: a revoked code manages nothing, at once.
             caller = None if code_hash is None else await authenticate_now(self._store, code_hash)
-            if caller is None:
+            if caller is None or code_hash is None:
+                await self._fair_use.authentication_failed(request.client)
                 return _refusal(negotiated, Unauthorized())
             request.key_id = caller.key_id
+            admitted = await self._fair_use.admit_key(code_hash, caller.rate_limit)
+            if not admitted.allowed:
+                return _refusal(negotiated, TooManyRequests(), admitted.headers)
             try:
-                return await action(request, negotiated, caller.key_id)
+                response = await action(request, negotiated, caller.key_id)
             except RequestError as error:
-                return _refusal(negotiated, error)
+                response = _refusal(negotiated, error)
+            response.headers.extend(admitted.headers)
+            return response
 
         return handle
 

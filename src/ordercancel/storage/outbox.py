@@ -364,14 +364,14 @@ def _claim(connection: Connection, now: datetime, lease_until: datetime, limit: 
     d, ev, ep = webhook_deliveries, webhook_events, webhook_endpoints
     due = select(d.c.id).where(_is_due(now)).order_by(d.c.due_at).limit(limit)
     if connection.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        # The rows are picked (and locked) once, in a materialized CTE: PostgreSQL may run an
+        # `id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` so that far more than n rows match.
+        picked = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        chosen = d.c.id == picked.c.id
+    else:
+        chosen = d.c.id.in_(due.scalar_subquery())
     claimed = list(
-        connection.scalars(
-            update(d)
-            .where(d.c.id.in_(due.scalar_subquery()), _is_due(now))
-            .values(lease_until=lease_until)
-            .returning(d.c.id)
-        )
+        connection.scalars(update(d).where(chosen, _is_due(now)).values(lease_until=lease_until).returning(d.c.id))
     )
     if not claimed:
         return []
