@@ -25,6 +25,7 @@ from ordercancel.domain import (
     WrongOrderNumber,
     may_hold_engineer,
 )
+from ordercancel.events import DEFAULT_SCHEDULE, MAX_URL_LENGTH, SECRET_PREFIX, EventType
 
 #: The refusals of the cancel endpoints, in the domain's order of codes.
 _REFUSALS: list[type[RequestError]] = list(REFUSALS.values())
@@ -198,9 +199,193 @@ _TEST_ORDER_SCHEMAS: dict[str, Any] = {
 }
 
 
+# Webhooks: the integrators' endpoints (`/web-api/webhooks`), in both media types -----------------
+
+WEBHOOKS_PATH = "/web-api/webhooks"
+WEBHOOK_PATH = WEBHOOKS_PATH + "/{id}"
+#: The event types, in their documented order: one home, ordercancel.events.
+_EVENT_TYPES = [kind.value for kind in EventType]
+#: How long a delivery is retried, by default.
+_RETRY_HOURS = round(sum(DEFAULT_SCHEDULE) / 3600)
+_EVENTS: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "string", "enum": _EVENT_TYPES, "xml": {"name": "event"}},
+    "xml": {"wrapped": True},
+}
+_WEBHOOK_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "description": "the endpoint's id (ep_ and 16 hex digits)"},
+    "url": {"type": "string", "format": "uri"},
+    "events": {**_EVENTS, "description": "the event types it is sent"},
+    "createdAt": {"type": "string", "format": "date-time"},
+    "disabledAt": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "when it stopped being sent events (it answered 410 Gone); absent or null while active",
+    },
+    "disabledReason": {"type": ["string", "null"]},
+}
+_WEBHOOK_REQUIRED = ["id", "url", "events", "createdAt"]
+_WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "WebhookRequest": {
+        "type": "object",
+        "xml": {"name": "WebhookRequest"},
+        "required": ["url"],
+        "properties": {
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": MAX_URL_LENGTH,
+                "description": "where events are POSTed: https (http too in the sandbox), no user name or "
+                "password, no #fragment, and a host that resolves to a public address",
+            },
+            "events": {
+                **_EVENTS,
+                "description": "the event types to send (default: all). In XML, `<events><event>order.cancelled"
+                "</event></events>` or `<events>order.cancelled,order.claimed</events>`",
+            },
+        },
+    },
+    "Webhook": {"type": "object", "required": _WEBHOOK_REQUIRED, "properties": _WEBHOOK_PROPERTIES},
+    "WebhookResponse": {
+        "type": "object",
+        "xml": {"name": "WebhookResponse"},
+        "required": [*_WEBHOOK_REQUIRED, "secret"],
+        "properties": {
+            **_WEBHOOK_PROPERTIES,
+            "secret": {
+                "type": "string",
+                "pattern": f"^{SECRET_PREFIX}[A-Za-z0-9+/]+={{0,2}}$",
+                "description": "the signing secret, shown this once: verify each delivery's webhook-signature "
+                "with it (Standard Webhooks)",
+            },
+        },
+    },
+    "WebhooksResponse": {
+        "type": "object",
+        "xml": {"name": "WebhooksResponse"},
+        "required": ["webhooks"],
+        "properties": {
+            "webhooks": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Webhook", "xml": {"name": "webhook"}},
+                "xml": {"wrapped": True},
+            }
+        },
+    },
+    "WebhookError": {
+        "type": "object",
+        "xml": {"name": "WebhookResponse"},
+        "required": ["requestError"],
+        "properties": {
+            "requestError": {
+                "type": "object",
+                "required": ["message", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "code": {"type": "integer", "enum": [400, 401, 404, 405, 500, 501]},
+                },
+            }
+        },
+    },
+}
+_WEBHOOK_ERROR = "#/components/schemas/WebhookError"
+
+
+def _webhook_refusals(*statuses: str) -> dict[str, Any]:
+    """The answers of the webhook operations that refuse: each with the `requestError` body."""
+    descriptions = {
+        "400": "The URL or the event types cannot be used (code 400, the message says why: not https in "
+        "production, a user name or password, a host that resolves to a loopback, private, link-local or "
+        "other non-public address, an unknown event type, too many endpoints), or the body cannot be read "
+        "(code 501). Nothing is registered.",
+        "401": "The apiCode header is missing, not a GUID, unknown, revoked or from the other environment "
+        "(code 401, `Unauthorized`).",
+        "404": "No endpoint with this id belongs to your apiCode (another code's is answered the same; code 404). "
+        "Nothing is removed.",
+        "405": "Any other method (code 405).",
+        "413": "The body is larger than 64 KiB (code 501).",
+        "500": f"Unexpected failure (code 500, `{UnknownError.message}`).",
+    }
+    return {status: {"description": descriptions[status], "content": _content(_WEBHOOK_ERROR)} for status in statuses}
+
+
+_WEBHOOK_PARAMETERS = [{"$ref": "#/components/parameters/apiCode"}, {"$ref": "#/components/parameters/accept"}]
+
+
+def _webhook_paths() -> dict[str, Any]:
+    return {
+        WEBHOOKS_PATH: {
+            "post": {
+                "summary": "Register a webhook endpoint: your orders' events are POSTed to it, signed",
+                "description": f"Each event of an order of your apiCode ({', '.join(_EVENT_TYPES)}) is "
+                "POSTed as JSON `{type, timestamp, data}` with the Standard Webhooks headers `webhook-id`, "
+                "`webhook-timestamp` and `webhook-signature` (HMAC-SHA256 with the secret of the answer), at "
+                f"least once, retried for about {_RETRY_HOURS} hours (by default) while your endpoint does not "
+                "answer 2xx; 410 Gone disables it.",
+                "operationId": "createWebhook",
+                "parameters": _WEBHOOK_PARAMETERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        media_type: {
+                            "schema": {"$ref": "#/components/schemas/WebhookRequest"},
+                            "example": {
+                                "url": "https://example.com/hooks/orders",
+                                "events": [EventType.CANCELLED.value],
+                            },
+                        }
+                        for media_type in CODECS
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Registered: the endpoint and its signing secret, shown this once.",
+                        "content": _content("#/components/schemas/WebhookResponse"),
+                    },
+                    **_webhook_refusals("400", "401", "405", "413", "500"),
+                },
+            },
+            "get": {
+                "summary": "List your webhook endpoints (their secrets are never shown again)",
+                "operationId": "listWebhooks",
+                "parameters": _WEBHOOK_PARAMETERS,
+                "responses": {
+                    "200": {
+                        "description": "Every endpoint of your apiCode, oldest first.",
+                        "content": _content("#/components/schemas/WebhooksResponse"),
+                    },
+                    **_webhook_refusals("401", "405", "500"),
+                },
+            },
+        },
+        WEBHOOK_PATH: {
+            "delete": {
+                "summary": "Remove one of your webhook endpoints: nothing more is sent to it",
+                "operationId": "deleteWebhook",
+                "parameters": [
+                    *_WEBHOOK_PARAMETERS,
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "the endpoint's id, as registering it answered",
+                        "schema": {"type": "string", "example": "ep_3f2a9c0d1b4e5f60"},
+                    },
+                ],
+                "responses": {
+                    "204": {"description": "Removed, with its pending deliveries."},
+                    **_webhook_refusals("401", "404", "405", "500"),
+                },
+            }
+        },
+    }
+
+
 def openapi_document(environment: Environment) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document for a deployment (the sandbox has one more operation)."""
     document = _document(environment)
+    document["paths"].update(_webhook_paths())
+    document["components"]["schemas"].update(_WEBHOOK_SCHEMAS)
     if environment is Environment.SANDBOX:
         document["paths"]["/web-api/sandbox/orders"] = {"post": _test_orders_operation()}
         document["components"]["schemas"].update(_TEST_ORDER_SCHEMAS)
@@ -213,8 +398,9 @@ def _document(environment: Environment) -> dict[str, Any]:
         "info": {
             "title": "Order Cancellation API",
             "version": "1.0.0",
-            "description": f"Cancel an order whose processing has not started ({environment.value} deployment). "
-            "Every refusal is HTTP 200 with a code in `requestError`; see each operation.",
+            "description": f"Cancel an order whose processing has not started ({environment.value} deployment), "
+            "and be told of your orders' changes by webhooks. Every refusal of a cancellation is HTTP 200 "
+            "with a code in `requestError`; the webhook endpoints answer 4xx. See each operation.",
         },
         "paths": {
             "/web-api/order/CancelOrderByNumber": {
