@@ -7,8 +7,10 @@ orders as there were `isCanceled: true` answers. Anchors are measured in the sam
 because absolute figures on a shared machine drift: the same server stack answering a no-op
 route (the HTTP ceiling), the storage work of a cancellation in a loop (the storage ceiling),
 and the smallest server doing the same durable cancellation (bench/minimal_sqlite_app.py),
-which every SQLite scenario is given as a ratio to. `make bench-compare` (bench/compare.py)
-reuses this machinery to measure two git trees alternately.
+which every SQLite scenario is given as a ratio to. With one webhook endpoint subscribed, the
+server's own dispatcher sends every cancellation's event to bench/webhook_receiver.py (on core 1
+with wrk), and the backlog's drain after the load is timed. `make bench-compare`
+(bench/compare.py) reuses this machinery to measure two git trees alternately.
 
     python bench/bench.py [--quick] [--database-url postgresql://...] [--seconds S]
 
@@ -107,6 +109,13 @@ class Result:
     #: Server CPU time (user + system) per answered request: steadier than req/s on a busy machine.
     cpu_us: float | None = None
     note: str = ""
+    #: Webhooks: the deliveries pending when the load stopped, the seconds until none were
+    #: (None: not within WEBHOOK_BACKLOG_WAIT), deliveries/s meanwhile, and the server's CPU per
+    #: request with the drain's included (its deliveries' cost).
+    backlog: int | None = None
+    drain_s: float | None = None
+    drain_rate: float | None = None
+    cpu_us_with_drain: float | None = None
 
 
 def log(message: str) -> None:
@@ -326,6 +335,12 @@ def cancel_scenario(
         )
         rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
     result = result_from(scenario, seeded.count, report, rss, cpu)
+    check_cancellations(result, report, database_url, seeded)
+    return result
+
+
+def check_cancellations(result: Result, report: dict[str, Any], database_url: str, seeded: Seeded) -> None:
+    """Hold the answers to the database: newly cancelled orders and audit rows (sets check and note)."""
     result.db_cancelled = count_rows(database_url, "orders WHERE status = 'Cancelled'") - seeded.cancelled_before
     result.db_attempts = count_rows(database_url, "cancellation_attempts")
     answered = result.canceled + result.refused
@@ -337,10 +352,9 @@ def cancel_scenario(
         result.check = "UNANSWERED"
         result.errors += unanswered
         result.note += f", {unanswered} sent but not answered within the {DRAIN_SECONDS} s drain"
-        return result
+        return
     ok = result.db_cancelled == result.canceled and result.db_attempts == answered
     result.check = "ok" if ok else "MISMATCH"
-    return result
 
 
 def noop_anchor(plan: Plan) -> Result:
@@ -613,13 +627,18 @@ def best_result(runs: list[Result]) -> Result:
     chosen = max(runs, key=lambda r: r.rps)
     if len(runs) > 1:
         chosen.note += ("; " if chosen.note else "") + "best of " + ", ".join(f"{r.rps:,.0f}" for r in runs)
-    for failure in ("UNANSWERED", "MISMATCH"):  # the worst any round saw
+    for failure in ("UNDRAINED", "UNANSWERED", "MISMATCH"):  # the worst any round saw
         if any(r.check == failure for r in runs):
             chosen.check = failure
     return chosen
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def bench(plan: Plan) -> dict[str, Any]:
+    loaded = load_average()
     RESULTS.mkdir(exist_ok=True)
     workdir = RESULTS / "work"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -650,6 +669,9 @@ def bench(plan: Plan) -> dict[str, Any]:
             *((f"SQLite, JSON, all succeed, {n:,} orders", seeded[str(n)], "json") for n in plan.sizes if n != 200_000),
         ):
             measurements[label] = partial(_fresh_scenario, plan, label, source, workdir, fmt)
+            if label == "SQLite, JSON, all succeed":  # run right after the run they are held to
+                measurements[WEBHOOKS] = partial(webhook_scenario, plan, main, workdir)
+                measurements[OUTBOX_ONLY] = partial(outbox_only_scenario, plan, main, workdir)
         measurements |= idempotency_measurements(plan, main, workdir)
         measurements.update(rate_limit_measurements(plan, main, workdir, notes))
         # Round robin, so that a burst of load from a neighbour spoils one round of everything
@@ -678,6 +700,7 @@ def bench(plan: Plan) -> dict[str, Any]:
         "rounds": plan.rounds,
         "connections": CONNECTIONS,
         "cpu": cpu_model(),
+        "load_average": f"{loaded} before, {load_average()} after",
         "import_seconds": imports,
         "results": [asdict(r) for r in results],
         "targets": targets(results),
@@ -715,12 +738,14 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
     large = find(results, "SQLite, JSON, all succeed, 1,000,000")
     pg = find(results, "PostgreSQL")
     pg_anchor = find(results, "anchor: minimal psycopg")
-    served = [r for r in results if not r.scenario.startswith("anchor")]
+    # The run with a dispatcher sending on the server's loop has its own targets (_webhook_targets).
+    served = [r for r in results if not r.scenario.startswith("anchor") and r.scenario != WEBHOOKS]
     _ratio_targets(target, json_ok, xml_ok, mixed)
     sqlite = [r for r in served if r.scenario.startswith("SQLite")]
     _minimal_targets(target, json_ok, sqlite, find(results, MINIMAL_SQLITE))
     _idempotency_targets(target, results)
     _rate_limit_targets(target, json_ok, results)
+    _webhook_targets(target, json_ok, results)
     if served:
         target("worst p99 at 64 connections", max(r.p99_ms for r in served), 25, at_most=True, unit="ms")
         rss = [r.rss_mib for r in served if r.rss_mib is not None]
@@ -734,6 +759,8 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
         found.append({"target": "database check", "value": 0, "goal": 1, "unit": "", "met": False})
     if any(r.check == "UNANSWERED" for r in results):
         found.append({"target": "every request answered", "value": 0, "goal": 1, "unit": "", "met": False})
+    if any(r.check == "UNDRAINED" for r in results):
+        found.append({"target": "every webhook delivered", "value": 0, "goal": 1, "unit": "", "met": False})
     return found
 
 
@@ -809,6 +836,185 @@ def _rate_limit_targets(target: Any, json_ok: Result | None, results: list[Resul
         target("rate limit on (Redis) / off, stated", redis.rps / json_ok.rps, 0.0, unit="x")
 
 
+# Webhooks (issue 11) ---------------------------------------------------------------------------
+
+WEBHOOKS = "SQLite, JSON, all succeed, one endpoint subscribed"
+#: The same, nothing sent during the run: what the outbox's rows cost the hot path by themselves.
+OUTBOX_ONLY = "SQLite, JSON, all succeed, one endpoint subscribed, dispatcher off"
+RECEIVER = ROOT / "bench" / "webhook_receiver.py"
+#: The issue's bound on the drain: seconds from the end of the load until nothing is pending.
+WEBHOOK_DRAIN_TARGET = 10.0
+#: How long the bench waits for the backlog to drain before it calls the run UNDRAINED.
+WEBHOOK_BACKLOG_WAIT = 60.0
+PENDING = "webhook_deliveries WHERE state = 'pending'"
+#: Newly cancelled orders with exactly one delivery, and it delivered: the count must be all of them.
+DELIVERED_ONCE = (
+    "(SELECT ev.order_ref FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_ref "
+    "WHERE d.state = 'delivered' AND ev.type = 'order.cancelled' GROUP BY ev.order_ref HAVING count(*) = 1) once"
+)
+
+
+@dataclass
+class Receiving:
+    """The bench's webhook receiver (bench/webhook_receiver.py), running."""
+
+    pid: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def count(self) -> int:
+        """The POSTs it has answered so far."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/count", timeout=5) as answer:
+            return int(answer.read())
+
+
+@contextmanager
+def receiving(core: str = LOAD_CORE) -> Iterator[Receiving]:
+    """Run the webhook receiver pinned to a core (wrk's: the server's core is the one measured)."""
+    process = subprocess.Popen(
+        ["taskset", "-c", core, sys.executable, str(RECEIVER), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "listening on PORT", or nothing if it died
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the webhook receiver did not start: {line!r}")
+        yield Receiving(process.pid, int(line.split()[-1]))
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def subscribe(database_url: str, url: str, api_code: str) -> None:
+    """Register one endpoint for the API code with the CLI, as an operator would."""
+    env = service_env(database_url) | {"ORDERCANCEL_WEBHOOK_ALLOW_PRIVATE": "1"}
+    run([str(BIN / "ordercancel"), "webhooks", "add", url, "--api-code", api_code, "--json"], env)
+
+
+def wait_for_empty_backlog(database_url: str, bound: float, *, every: float = 0.05) -> float | None:
+    """Seconds until no delivery is pending (polling the database), or None after `bound` seconds."""
+    started = time.monotonic()
+    while count_rows(database_url, PENDING):
+        if time.monotonic() - started > bound:
+            return None
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+def webhook_scenario(plan: Plan, seeded: Seeded, workdir: Path) -> Result:
+    """The plain JSON run with one endpoint subscribed to the API code: cancel, then drain the outbox.
+
+    The server's own dispatcher (every serve process runs one, on its event loop) sends each
+    cancellation's order.cancelled event to the receiver on loopback while the load goes on.
+    After the load, the database is polled until no delivery is pending; then every newly
+    cancelled order must have exactly one delivery, delivered, and the receiver at least as
+    many requests.
+    """
+    database_url = fresh_copy(seeded, workdir)
+    env = service_env(database_url) | {"ORDERCANCEL_WEBHOOK_ALLOW_PRIVATE": "1"}
+    with receiving() as receiver:
+        subscribe(database_url, receiver.url, seeded.api_code)
+        port = free_port()
+        with serving(serve_command(port), env, port) as pid:
+            cpu_before = cpu_seconds(pid)
+            report = load(
+                port,
+                wrk_seconds(plan, seeded.count),
+                api_code=seeded.api_code,
+                format="json",
+                prefix=seeded.prefix,
+                width=str(WIDTH),
+                first="0",
+                count=str(seeded.count),
+                seconds=str(plan.seconds),
+            )
+            rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
+            backlog = count_rows(database_url, PENDING)
+            drain = wait_for_empty_backlog(database_url, WEBHOOK_BACKLOG_WAIT)
+            cpu_with_drain = cpu_seconds(pid) - cpu_before
+        received = receiver.count()
+    result = result_from(WEBHOOKS, seeded.count, report, rss, cpu)
+    check_cancellations(result, report, database_url, seeded)
+    answered = result.canceled + result.refused + report["failed"]
+    result.backlog, result.drain_s = backlog, drain
+    result.cpu_us_with_drain = cpu_with_drain / answered * 1e6 if answered else None
+    if drain is not None and drain > 0:
+        result.drain_rate = backlog / drain
+    deliveries = count_rows(database_url, "webhook_deliveries")
+    delivered = count_rows(database_url, "webhook_deliveries WHERE state = 'delivered'")
+    once = count_rows(database_url, DELIVERED_ONCE)
+    drained = "not drained" if drain is None else f"drained in {drain:.1f} s"
+    result.note += f"; {delivered} delivered of {deliveries}, {backlog} pending at the end of the load, {drained}"
+    result.note += f", {received} received"
+    if drain is None:
+        result.check = "UNDRAINED"
+    elif result.check == "ok":
+        ok = deliveries == delivered == once == result.db_cancelled and received >= delivered
+        result.check = "ok" if ok else "MISMATCH"
+    return result
+
+
+def outbox_only_scenario(plan: Plan, seeded: Seeded, workdir: Path) -> Result:
+    """The subscribed run with ORDERCANCEL_WEBHOOK_DISPATCHER=off: the outbox's rows, nothing sent.
+
+    Every cancellation writes its event and its delivery (the trigger, in its transaction), and
+    each must be there, pending, afterwards.
+    """
+    database_url = fresh_copy(seeded, workdir)
+    subscribe(database_url, "http://127.0.0.1:9/hook", seeded.api_code)  # never called: nothing is sent
+    result = cancel_scenario(
+        plan, OUTBOX_ONLY, seeded, database_url, "json", env={"ORDERCANCEL_WEBHOOK_DISPATCHER": "off"}
+    )
+    pending = count_rows(database_url, PENDING)
+    result.note += f"; {pending} deliveries pending (none sent)"
+    if result.check == "ok" and not pending == count_rows(database_url, "webhook_deliveries") == result.db_cancelled:
+        result.check = "MISMATCH"
+    return result
+
+
+def named(results: list[Result], scenario: str) -> Result | None:
+    return next((r for r in results if r.scenario == scenario), None)
+
+
+def _webhook_targets(target: Any, json_ok: Result | None, results: list[Result]) -> None:
+    """Issue 11: one endpoint subscribed >= 0.85x the plain run; the backlog drained within 10 s."""
+    hooked, outbox_only = named(results, WEBHOOKS), named(results, OUTBOX_ONLY)
+    if json_ok is not None and json_ok.rps and outbox_only is not None:  # stated: where the cost is
+        target("one endpoint subscribed, dispatcher off / none, stated", outbox_only.rps / json_ok.rps, 0.0, unit="x")
+    if hooked is None:
+        return
+    if json_ok is not None and json_ok.rps:
+        target("one endpoint subscribed / none, req/s", hooked.rps / json_ok.rps, 0.85, unit="x")
+        if json_ok.cpu_us and hooked.cpu_us_with_drain:
+            ratio = json_ok.cpu_us / hooked.cpu_us_with_drain
+            target("one endpoint subscribed / none, by CPU per request, deliveries included", ratio, 0.85, unit="x")
+    drain = WEBHOOK_BACKLOG_WAIT if hooked.drain_s is None else hooked.drain_s
+    target("webhook backlog drained after the load stops", drain, WEBHOOK_DRAIN_TARGET, at_most=True, unit="s")
+
+
+def webhook_line(hooked: Result) -> str:
+    """The webhook run's drain, in words, for the table's footnotes."""
+    if hooked.drain_s is None:
+        drained = f"not drained within {WEBHOOK_BACKLOG_WAIT:g} s"
+    else:
+        drained = f"drained in {hooked.drain_s:.1f} s"
+        drained += f" ({hooked.drain_rate:,.0f} deliveries/s)" if hooked.drain_rate else ""
+    line = f"webhooks: {hooked.backlog or 0:,} deliveries pending when the load stopped, {drained}"
+    if hooked.cpu_us_with_drain is not None:
+        line += f"; the server's CPU per request, its delivery included: {hooked.cpu_us_with_drain:.0f} us"
+    return line
+
+
 def minimal_ratio(result: Result, minimal: Result | None) -> str:
     """The ratio of a SQLite scenario to the minimal durable server, the figure issue 12 targets."""
     if minimal is None or not minimal.rps or not result.scenario.startswith("SQLite"):
@@ -822,7 +1028,8 @@ def table(report: dict[str, Any]) -> str:
     storage = find(results, "anchor: storage")
     minimal = find(results, MINIMAL_SQLITE)
     lines = [
-        f"ordercancel bench, {report['at']}, {report['cpu']}, 1 worker on core 0, wrk -t1 -c{CONNECTIONS} on core 1",
+        f"ordercancel bench, {report['at']}, {report['cpu']}, 1 worker on core 0, wrk -t1 -c{CONNECTIONS} on core 1"
+        + (f", load average {report['load_average']}" if report.get("load_average") else ""),
         "",
         "| scenario | orders | req/s | x HTTP ceiling | x storage ceiling | x minimal durable | p50 ms | p99 ms "
         "| errors | RSS MiB | CPU us/req | db check |",
@@ -853,6 +1060,9 @@ def table(report: dict[str, Any]) -> str:
     mix = find(results, "SQLite, JSON, 70/30")
     if mix:
         lines.append(f"70/30 mix answers: {mix.canceled:,} cancelled, refusals by code {mix.codes}")
+    hooked = named(results, WEBHOOKS)
+    if hooked and hooked.backlog is not None:
+        lines.append(webhook_line(hooked))
     lines += [f"note: {note}" for note in report["notes"]]
     return "\n".join(lines)
 

@@ -526,7 +526,7 @@ def test_the_client_imports_and_works_with_the_server_dependencies_absent(deploy
     assert done.stdout.splitlines() == [
         "505 Wrong OrderNumber has been applied.",
         order.order_number,
-        "['ordercancel', 'ordercancel.client', 'ordercancel.client._version']",
+        "['ordercancel', 'ordercancel.client', 'ordercancel.client._version', 'ordercancel.client.webhooks']",
     ]
 
 

@@ -122,7 +122,7 @@ def _check(engine: Engine, tally: Tally) -> tuple[int, int]:
 
 @pytest.fixture
 def engine(own_database_url: str) -> Iterator[Engine]:
-    engine = database.create_sync_engine(Settings(own_database_url=own_database_url))
+    engine = database.create_sync_engine(Settings(database_url=own_database_url))
     yield engine
     engine.dispose()
 
@@ -130,7 +130,7 @@ def engine(own_database_url: str) -> Iterator[Engine]:
 def test_acknowledged_cancellations_survive_sigkill_at_random_moments(
     own_database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    settings = Settings(own_database_url=own_database_url, environment=Environment.SANDBOX)
+    settings = Settings(database_url=own_database_url, environment=Environment.SANDBOX)
     code = service.create_key(engine, settings.environment, "crash test")
     numbers = [f"CRASH-{i:05d}" for i in range(ORDERS)]
     key_id = service.list_keys(engine, settings.environment)[0].id

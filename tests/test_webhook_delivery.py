@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, select
 from standardwebhooks.webhooks import Webhook
@@ -19,6 +21,7 @@ from ordercancel.storage import outbox, service
 from ordercancel.storage.database import utcnow
 from ordercancel.storage.schema import webhook_events
 from tests.support.dispatching import DispatcherThread, states, wait_until
+from tests.support.live import LiveServer
 from tests.support.orders import OrderFactory
 from tests.support.receiver import Delivery, Receiver
 from tests.support.serving import free_port
@@ -208,13 +211,18 @@ def test_two_dispatchers_over_one_database_never_send_one_delivery_twice(
     engine: Engine, make_order: OrderFactory, key_id: int
 ) -> None:
     numbers = [f"WH-L{i}" for i in range(120)]
-    with Receiver() as receiver:
+
+    def unhurried(delivery: Delivery) -> int:
+        time.sleep(0.01)  # so that neither dispatcher is done before the other has started
+        return 204
+
+    with Receiver(unhurried) as receiver:
         outbox.add_endpoint(engine, receiver.url, api_key_id=key_id)
         for number in numbers:
             change(engine, make_order, number)
         with (
-            DispatcherThread(engine, allow_private=True, concurrency=8) as first,
-            DispatcherThread(engine, allow_private=True, concurrency=8) as second,
+            DispatcherThread(engine, allow_private=True, concurrency=4) as first,
+            DispatcherThread(engine, allow_private=True, concurrency=4) as second,
         ):
             receiver.wait_for(len(numbers), timeout=60)
             wait_until(lambda: states(engine) == {"delivered": len(numbers)}, timeout=30)
@@ -245,3 +253,31 @@ def test_operators_see_engineers_names_and_integrators_do_not(
     assert all("engineer" not in e["data"] for e in seen["/mine"])
     assert "Grace Hopper" not in str(seen["/mine"]) and "Ada" not in str(seen["/mine"])
     assert seen["/mine"][2]["data"]["cancelledBy"] == {"kind": "operator"}
+
+
+def test_metrics_count_attempts_by_outcome_and_show_the_backlog_and_its_age(
+    settings: Settings, engine: Engine, make_order: OrderFactory, key_id: int
+) -> None:
+    served = dataclasses.replace(
+        settings, webhook_dispatcher=True, webhook_allow_private=True, webhook_schedule=(60.0,)
+    )
+    with (
+        Receiver(lambda d: 500 if d.event["data"]["orderNumber"] == "WH-M2" else 204) as receiver,
+        LiveServer(served) as live,
+        httpx.Client(base_url=live.url, timeout=10) as client,
+    ):
+        outbox.add_endpoint(engine, receiver.url, api_key_id=key_id)
+        change(engine, make_order, "WH-M1")
+        change(engine, make_order, "WH-M2")
+        wait_until(lambda: all(d.attempts for d in outbox.list_deliveries(engine)) and len(receiver.received()) == 2)
+        time.sleep(0.2)
+        exposition = client.get("/metrics").text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in exposition.splitlines()
+        if line.startswith("ordercancel_webhook")
+    }
+    assert samples['ordercancel_webhook_deliveries_total{outcome="delivered"}'] == 1
+    assert samples['ordercancel_webhook_deliveries_total{outcome="retried"}'] == 1
+    assert samples["ordercancel_webhook_backlog"] == 1  # the one waiting for its retry
+    assert samples["ordercancel_webhook_oldest_undelivered_age_seconds"] > 0

@@ -55,6 +55,11 @@ MAX_ANSWER = 64 * 1024
 DEFAULT_TIMEOUT = 15.0
 #: Deliveries one dispatcher has in flight at once.
 CONCURRENCY = 32
+#: Connection pools a dispatcher spreads its requests over, each request to the least busy. httpcore's
+#: pool looks at every connection it holds whenever it hands one out or takes one back, and for each
+#: idle one counts them all again: its CPU per request grows with the square of its connections. Eight
+#: pools hold at most four connections each to one receiver (the slots' 32 between them).
+POOLS = 8
 #: Seconds an idle dispatcher waits before it looks for due deliveries again.
 POLL_SECONDS = 0.5
 #: Seconds between a busy dispatcher's transactions, at the least, unless half its slots' results
@@ -173,14 +178,18 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 def guarded_transport(
-    *, allow_private: bool, resolver: Callable[[str, int], Any] = resolve
+    *, allow_private: bool, resolver: Callable[[str, int], Any] = resolve, ssl_context: ssl.SSLContext | None = None
 ) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport over the guarded backend (httpx takes no backend itself: its pool is replaced)."""
-    transport = httpx.AsyncHTTPTransport(retries=0)
-    # httpx (pinned <0.30) builds its pool in __init__ and sends through `_pool`; the shape is
-    # checked by tests/test_webhooks.py, and the SSRF tests fail if the guard is not used.
+    """httpx's own transport over the guarded backend (httpx takes no backend itself: its pool is replaced).
+
+    `ssl_context`: the one the dispatcher's pools share (building one reads the CA bundle: tens of ms).
+    """
+    context = ssl_context or httpx.create_ssl_context()
+    transport = httpx.AsyncHTTPTransport(retries=0, verify=context)  # given the context, it builds none
+    # httpx (pinned <0.30) builds its pool in __init__ and sends through `_pool`: the SSRF test at
+    # connect time (tests/test_webhook_delivery.py) fails if that ever stops being so.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=context,
         max_connections=CONCURRENCY * 2,
         max_keepalive_connections=CONCURRENCY,
         keepalive_expiry=5.0,
@@ -216,8 +225,16 @@ class Dispatcher:
         self._clock = clock
         self._uniform = uniform
         self._on_outcome = on_outcome
-        self._transport = transport or guarded_transport(allow_private=allow_private)
-        self._client: httpx.AsyncClient | None = None
+        if transport is not None:
+            self._transports: list[httpx.AsyncBaseTransport] = [transport]
+        else:  # each pool as one would be alone; the least busy takes the next request (_post)
+            pools, context = max(1, min(POOLS, concurrency)), httpx.create_ssl_context()
+            self._transports = [
+                guarded_transport(allow_private=allow_private, ssl_context=context) for _ in range(pools)
+            ]
+        self._clients: list[httpx.AsyncClient] = []
+        #: Requests under way in each client's pool.
+        self._busy: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -244,9 +261,13 @@ class Dispatcher:
         )
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            transport=self._transport, follow_redirects=False, timeout=self._timeout, headers={"user-agent": USER_AGENT}
-        )
+        self._clients = [
+            httpx.AsyncClient(
+                transport=transport, follow_redirects=False, timeout=self._timeout, headers={"user-agent": USER_AGENT}
+            )
+            for transport in self._transports
+        ]
+        self._busy = [0] * len(self._clients)
         self._task = asyncio.create_task(self._run(), name="ordercancel-dispatcher")
 
     def nudge(self) -> None:
@@ -262,8 +283,8 @@ class Dispatcher:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
-            await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -335,7 +356,6 @@ class Dispatcher:
 
     async def _attempt(self, due: outbox.Due) -> outbox.Result:
         """Send one delivery once; say what came of it (never raises)."""
-        assert self._client is not None
         body = orjson.dumps(payload(due.event, operator=due.operator))
         timestamp = int(time.time())
         headers = {
@@ -361,14 +381,19 @@ class Dispatcher:
         return self._result(due, status, latency, error)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        assert self._client is not None
-        async with self._client.stream("POST", url, content=body, headers=headers) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= MAX_ANSWER:
-                    break
-            return response.status_code
+        busy = self._busy
+        pool = busy.index(min(busy))
+        busy[pool] += 1
+        try:
+            async with self._clients[pool].stream("POST", url, content=body, headers=headers) as response:
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= MAX_ANSWER:
+                        break
+                return response.status_code
+        finally:
+            busy[pool] -= 1
 
     def _result(self, due: outbox.Due, status: int | None, latency: int, error: str | None) -> outbox.Result:
         at = self._clock()

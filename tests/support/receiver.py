@@ -50,6 +50,9 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was delivered
+                    self.close_connection = True
+                    return
                 delivery = Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
                 with receiver._lock:
                     receiver.deliveries.append(delivery)
