@@ -230,12 +230,17 @@ def serving(command: list[str], env: dict[str, str], port: int, ready_path: str 
                     time.sleep(0.05)
             yield process.pid
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            interrupt(process, 15)
+
+
+def interrupt(process: subprocess.Popen[Any], seconds: float) -> None:
+    """Stop a process as Ctrl-C would, and kill it if it has not ended within `seconds`."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def rss_mib(pid: int) -> float | None:
@@ -887,12 +892,7 @@ def receiving(core: str = LOAD_CORE) -> Iterator[Receiving]:
             raise RuntimeError(f"the webhook receiver did not start: {line!r}")
         yield Receiving(process.pid, int(line.split()[-1]))
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        interrupt(process, 10)
 
 
 def subscribe(database_url: str, url: str, api_code: str) -> None:

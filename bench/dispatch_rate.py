@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -153,11 +152,7 @@ def dispatch_round(
             cpu = harness.cpu_seconds(process.pid) - cpu_started
             elapsed = time.monotonic() - started
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            harness.interrupt(process, 15)
     received = receiver.count() - received_before
     delivered = harness.count_rows(database_url, "webhook_deliveries WHERE state = 'delivered'")
     attempts = harness.count_rows(database_url, "webhook_attempts")

@@ -86,9 +86,11 @@ class FuzzTarget:
 
 
 def _endpoints(engine: Engine) -> list[tuple[str, int | None]]:
-    """The webhook endpoints: (id, API key) each."""
+    """The webhook endpoints not removed: (id, API key) each."""
     with engine.connect() as connection:
-        rows = connection.execute(text("SELECT endpoint_id, api_key_id FROM webhook_endpoints ORDER BY id"))
+        rows = connection.execute(
+            text("SELECT endpoint_id, api_key_id FROM webhook_endpoints WHERE removed_at IS NULL ORDER BY id")
+        )
         return [(row[0], row[1]) for row in rows]
 
 
@@ -304,6 +306,12 @@ def test_every_generated_request_gets_a_documented_answer(
         fuzz_target.tally[key] += 1
         if field is not None:
             _count_coverage(fuzz_target.coverage, case, response)
+        if field is not None and shared_key is not None and response.status_code == 200:
+            # A keyed request sent again, as a client retries: the same answer, told again.
+            again = case.call(base_url=fuzz_target.served.url, timeout=10)
+            assert (again.status_code, again.content) == (response.status_code, response.content)
+            assert again.headers.get("idempotent-replayed", [""])[0] == "true"
+            _count_coverage(fuzz_target.coverage, case, again)
 
     fuzz()
 

@@ -70,7 +70,10 @@ def xml_webhook(element: ElementTree.Element) -> dict[str, Any]:
 def endpoint_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as connection:
         return [
-            tuple(row) for row in connection.execute(text("SELECT endpoint_id, api_key_id, url FROM webhook_endpoints"))
+            tuple(row)
+            for row in connection.execute(
+                text("SELECT endpoint_id, api_key_id, url FROM webhook_endpoints WHERE removed_at IS NULL")
+            )
         ]
 
 
@@ -258,7 +261,7 @@ def test_every_operation_refuses_a_missing_malformed_or_unknown_code_with_401_an
     assert [row[0] for row in endpoint_rows(engine)] == [endpoint["id"]]
 
 
-def test_a_revoked_code_is_refused_at_once_and_its_endpoint_stays(
+def test_a_revoked_code_is_refused_at_once_and_its_endpoints_are_sent_nothing_more(
     http: httpx.Client, engine: Engine, settings: Settings, api_code: str
 ) -> None:
     endpoint = created(http, api_code, PUBLIC_URL)
@@ -269,6 +272,12 @@ def test_a_revoked_code_is_refused_at_once_and_its_endpoint_stays(
     assert refusal(http.delete(f"{WEBHOOKS}/{endpoint['id']}", headers=headers))[:2] == (401, 401)
     assert refusal(http.post(WEBHOOKS, json={"url": PUBLIC_URL}, headers=headers))[:2] == (401, 401)
     assert [row[0] for row in endpoint_rows(engine)] == [endpoint["id"]]
+    # A code that leaked may have registered an endpoint of the attacker's: it hears nothing more.
+    [shown] = outbox.list_endpoints(engine, operator=True)
+    assert shown.disabled_at is not None and shown.disabled_reason == "API code revoked"
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE orders SET status = 'Processing' WHERE status = 'Ordered'"))
+    assert outbox.list_deliveries(engine) == []
 
 
 # Tenants -------------------------------------------------------------------------------------------
@@ -395,7 +404,7 @@ def test_a_url_that_reaches_a_non_public_address_is_refused_and_nothing_is_writt
     assert server.settings.webhook_allow_private is False
     status, code, message = refusal(register(http, api_code, url))
     assert (status, code) == (400, 400)
-    assert "non-public address" in message
+    assert message == "the webhook URL's host does not resolve to public addresses only"
     assert endpoint_rows(engine) == []
 
 
@@ -455,3 +464,12 @@ def test_a_codes_webhook_calls_count_against_its_rate_limit(settings: Settings, 
     assert [r.status_code for r in answers] == [200, 200, 429]
     assert "ratelimit-policy" in answers[0].headers and "retry-after" in answers[2].headers
     assert refused.status_code == 429
+
+
+def test_a_host_that_does_not_resolve_gets_the_same_answer_as_one_that_resolves_inside(
+    http: httpx.Client, engine: Engine, api_code: str
+) -> None:
+    inside = refusal(register(http, api_code, "http://127.0.0.1/hook"))
+    nowhere = refusal(register(http, api_code, "https://no-such-host.invalid/hook"))
+    assert inside == nowhere  # nothing to learn of the platform's own names
+    assert endpoint_rows(engine) == []

@@ -108,3 +108,51 @@ def test_the_verifier_reads_header_names_in_any_case_and_a_secret_without_its_pr
     body = b"{}"
     headers = {k.upper(): v for k, v in _headers("evt_5", now, sign([secret], "evt_5", now, body)).items()}
     assert verify_webhook(body, headers, secret.removeprefix("whsec_")) == {}
+
+
+def test_the_default_retry_schedule_is_the_issues_and_the_setting_reads_the_same_form() -> None:
+    from ordercancel.config import Settings
+    from ordercancel.events import DEFAULT_SCHEDULE
+
+    assert DEFAULT_SCHEDULE == (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+    assert Settings().webhook_schedule == DEFAULT_SCHEDULE
+    parsed = Settings.from_env({"ORDERCANCEL_WEBHOOK_SCHEDULE": "5s,5m,30m,2h,5h,10h,10h"}).webhook_schedule
+    assert parsed == DEFAULT_SCHEDULE
+    assert Settings.from_env({"ORDERCANCEL_WEBHOOK_SCHEDULE": "1,2.5"}).webhook_schedule == (1, 2.5)
+    for bad in ("", "soon", "5s,,-1", "0"):
+        with pytest.raises(ValueError, match="ORDERCANCEL_WEBHOOK_SCHEDULE"):
+            Settings.from_env({"ORDERCANCEL_WEBHOOK_SCHEDULE": bad})
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.0.1",
+        "169.254.169.254",
+        "224.0.0.1",
+        "0.0.0.0",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "2002:a9fe:a9fe::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    ],
+)
+def test_addresses_inside_the_platform_are_forbidden_however_they_are_written(address: str) -> None:
+    from ordercancel.events import forbidden_address
+
+    assert forbidden_address(address)
+
+
+def test_public_addresses_are_allowed() -> None:
+    from ordercancel.events import forbidden_address
+
+    assert not any(
+        forbidden_address(a) for a in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "2002:5db8:d822::1")
+    )

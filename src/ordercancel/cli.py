@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from ordercancel import __version__, cancel_command
 from ordercancel.cancel_command import URL_VARIABLES
-from ordercancel.config import ConfigError, Environment, Settings
+from ordercancel.config import ConfigError, Settings
 from ordercancel.domain import NO_WINDOW, CancellationReason, Order, PaymentStatus, ProductionStatus
 from ordercancel.events import EventType, InvalidSubscription
 from ordercancel.http.observability import logging_config, share_metrics_between_workers
@@ -215,9 +215,8 @@ DELIVERIES_HEADER = ("delivery", "event", "type", "order", "endpoint", "state", 
 def _registrable(settings: Settings, url: str) -> str:
     from ordercancel.delivery import registrable_url
 
-    https_only = settings.environment is Environment.PRODUCTION
     try:
-        return asyncio.run(registrable_url(url, https_only=https_only, allow_private=settings.webhook_allow_private))
+        return asyncio.run(registrable_url(url, settings))
     except InvalidSubscription as error:
         raise CliError(str(error)) from None
 
@@ -326,7 +325,7 @@ def _webhook_commands(webhooks: Any, command: Callable[..., argparse.ArgumentPar
     add.add_argument("--json", action="store_true", help=JSON_HELP)
     listed = command(webhooks, "list", cmd_webhooks_list, "list every endpoint (secrets are never shown)")
     listed.add_argument("--json", action="store_true", help=JSON_HELP)
-    remove = command(webhooks, "remove", cmd_webhooks_remove, "remove an endpoint with its deliveries")
+    remove = command(webhooks, "remove", cmd_webhooks_remove, "remove an endpoint: nothing more is sent to it")
     remove.add_argument("id", metavar="ID", help="the endpoint's id (ep_...)")
     rotate = command(
         webhooks,

@@ -180,7 +180,7 @@ def _element(name: str, value: object) -> str:
     if isinstance(value, Mapping):
         inner = "".join([_element(k, v) for k, v in value.items() if v is not None])
     elif isinstance(value, list):  # <events><event>a</event>...</events>: each item named by the singular
-        item = name[:-1] if name.endswith("s") and len(name) > 1 else "item"
+        item = name[:-3] + "y" if name.endswith("ies") else name[:-1] if name.endswith("s") else "item"
         inner = "".join([_element(item, v) for v in value])
     elif isinstance(value, bool):
         inner = "true" if value else "false"

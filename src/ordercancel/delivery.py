@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from ordercancel.client._version import __version__
 from ordercancel.client.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from ordercancel.config import Settings
+from ordercancel.config import Environment, Settings
 from ordercancel.events import (
     DEFAULT_SCHEDULE,
     InvalidSubscription,
@@ -287,12 +287,16 @@ class Dispatcher:
             await client.aclose()
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             try:
                 await self._turn()
-            except Exception:  # the database is away, say: keep the results, try again later
-                log.exception("webhook dispatcher turn failed")
-                await asyncio.sleep(self._poll)
+                failures = 0
+            except Exception:  # the database is away, say: keep the results, try again, less and less often
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.exception("webhook dispatcher turn failed (%d in a row)", failures)
+                await asyncio.sleep(min(self._poll * 2 ** min(failures, 10), 30.0))
             if self._stopping:
                 break
             await self._wait()
@@ -410,30 +414,39 @@ class Dispatcher:
                 extra={"fields": {"event": due.event.event_id, "delivery": due.delivery_id, "error": error}},
             )
         return outbox.Result(
-            due.delivery_id, at, status, latency, error, retry_at, delivered, due.endpoint_ref if gone else None
+            due.delivery_id,
+            at,
+            status,
+            latency,
+            error,
+            retry_at,
+            delivered,
+            due.lease_until,
+            due.endpoint_ref if gone else None,
         )
 
 
-async def registrable_url(
-    url: str, *, https_only: bool, allow_private: bool, resolver: Callable[[str, int], Any] = resolve
-) -> str:
-    """Check a webhook URL as it is registered: its form, then where its host resolves to now.
+#: Seconds a registration waits for the URL's host to resolve.
+RESOLVE_TIMEOUT = 5.0
+#: One answer for a host that does not resolve and one that resolves inside: the difference would
+#: let an integrator map the platform's internal names.
+NOT_PUBLIC = "the webhook URL's host does not resolve to public addresses only"
+
+
+async def registrable_url(url: str, settings: Settings, *, resolver: Callable[[str, int], Any] = resolve) -> str:
+    """Check a webhook URL as it is registered: its form (https in production), then where its host resolves now.
 
     The address is checked again at every connection (GuardedBackend): a name can change its address.
     """
-    checked = check_url(url, https_only=https_only)
-    if allow_private:
+    checked = check_url(url, https_only=settings.environment is Environment.PRODUCTION)
+    if settings.webhook_allow_private:
         return checked
     parts = urlsplit(checked)
-    host = parts.hostname or ""
     try:
-        addresses: list[str] = await resolver(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError:
-        raise InvalidSubscription(f"the webhook URL's host {host!r} does not resolve") from None
-    refused = refused_addresses(addresses)
-    if refused or not addresses:
-        raise InvalidSubscription(
-            f"the webhook URL's host resolves to {', '.join(refused) or 'nothing'}: "
-            "a loopback, private, link-local, multicast or otherwise non-public address"
-        )
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            addresses: list[str] = await resolver(parts.hostname or "", parts.port or 443)
+    except (OSError, TimeoutError):
+        raise InvalidSubscription(NOT_PUBLIC) from None
+    if not addresses or refused_addresses(addresses):
+        raise InvalidSubscription(NOT_PUBLIC)
     return checked

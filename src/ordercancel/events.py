@@ -132,8 +132,8 @@ def payload(event: Event, *, operator: bool) -> dict[str, object]:
         data["to"] = {"status": event.status.value, "paymentStatus": event.payment_status.value}
     if event.type is EventType.CANCELLED:
         by = event.cancelled_by
-        if by is not None and by.kind == "operator" and not operator:
-            by = CancelledBy("operator")
+        if by is not None and not operator:  # no staff names, and no row ids of our tables
+            by = CancelledBy(by.kind)
         data["cancelledAt"] = None if event.cancelled_at is None else rfc3339(event.cancelled_at)
         data["cancellationReason"] = event.cancellation_reason
         data["cancellationNote"] = event.cancellation_note
@@ -195,10 +195,15 @@ def check_url(url: str, *, https_only: bool) -> str:
 
 def forbidden_address(address: str) -> bool:
     """Tell whether a webhook may not be sent to this IP address: loopback, private, link-local,
-    multicast, unspecified or reserved (an IPv4 address inside IPv6 is judged as itself)."""
+    multicast, unspecified, reserved or otherwise not global."""
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo) is judged as itself.
+        if ip.teredo is not None and any(forbidden_address(str(inner)) for inner in ip.teredo):
+            return True
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            ip = embedded
     return (
         ip.is_loopback
         or ip.is_private

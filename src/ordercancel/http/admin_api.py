@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 import orjson
 from sqlalchemy import Engine
 
-from ordercancel.config import Environment, Settings
+from ordercancel.config import Settings
 from ordercancel.delivery import registrable_url
 from ordercancel.domain import Order, ProductionStatus
 from ordercancel.events import InvalidSubscription
@@ -247,11 +247,8 @@ class AdminApi:
         types = _string_list(document, "events")
         if all_keys == (fields["apiCode"] is not None):
             raise BadBody("send exactly one of apiCode (that code's orders) and allKeys: true (every order)")
-        https_only = self._settings.environment is Environment.PRODUCTION
         try:
-            checked = await registrable_url(
-                url, https_only=https_only, allow_private=self._settings.webhook_allow_private
-            )
+            checked = await registrable_url(url, self._settings)
         except InvalidSubscription as error:
             raise service.InvalidValue(str(error)) from None
         endpoint, secret = await asyncio.to_thread(self._add_endpoint, checked, fields["apiCode"], types)

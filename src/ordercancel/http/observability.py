@@ -220,7 +220,10 @@ class _Backlog(Collector):
         return [GaugeMetricFamily(*self._BACKLOG), GaugeMetricFamily(*self._AGE)]
 
     def collect(self) -> Iterable[Metric]:
-        pending, age = self._read()
+        try:
+            pending, age = self._read()
+        except Exception:  # the database is away: the other metrics are wanted all the more
+            return []
         return [GaugeMetricFamily(*self._BACKLOG, value=pending), GaugeMetricFamily(*self._AGE, value=age)]
 
 

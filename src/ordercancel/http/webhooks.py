@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import Engine
 
 from ordercancel.codecs import Negotiated, negotiate, request_codec
-from ordercancel.config import Environment, Settings
+from ordercancel.config import Settings
 from ordercancel.delivery import registrable_url
 from ordercancel.domain import RequestError, TooManyRequests, Unauthorized
 from ordercancel.events import InvalidSubscription
@@ -78,8 +78,7 @@ class Webhooks:
         self._fair_use = fair_use
         self._key_hash = key_hash
         self._engine = engine
-        self._https_only = settings.environment is Environment.PRODUCTION
-        self._allow_private = settings.webhook_allow_private
+        self._settings = settings
 
     def routes(self) -> list[Route]:
         return [
@@ -122,7 +121,7 @@ class Webhooks:
         if url is None or not url.strip():
             raise WebhookRefused(400, "Send the url of your webhook endpoint.")
         try:
-            checked = await registrable_url(url, https_only=self._https_only, allow_private=self._allow_private)
+            checked = await registrable_url(url, self._settings)
             endpoint, secret = await asyncio.to_thread(
                 outbox.add_endpoint, self._engine, checked, api_key_id=key_id, types=types
             )

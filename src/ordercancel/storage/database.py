@@ -47,12 +47,15 @@ def sqlalchemy_url(settings: Settings) -> str:
 
 
 def create_sync_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """Build the engine the CLI and the admin use cases work through (pool_size: PostgreSQL's)."""
+    """Build the engine the CLI and the admin use cases work through (pool_size: PostgreSQL's).
+
+    Its errors never show the statement's parameters: they may hold a webhook's secret.
+    """
     path = settings.sqlite_path()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         timeout = settings.sqlite_busy_timeout
-        engine = create_engine(sqlalchemy_url(settings), connect_args={"timeout": timeout})
+        engine = create_engine(sqlalchemy_url(settings), connect_args={"timeout": timeout}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -60,8 +63,10 @@ def create_sync_engine(settings: Settings, *, pool_size: int | None = None) -> E
 
         return engine
     if pool_size is not None:
-        return create_engine(sqlalchemy_url(settings), pool_pre_ping=True, pool_size=pool_size, max_overflow=0)
-    return create_engine(sqlalchemy_url(settings), pool_pre_ping=True)
+        return create_engine(
+            sqlalchemy_url(settings), pool_pre_ping=True, pool_size=pool_size, max_overflow=0, hide_parameters=True
+        )
+    return create_engine(sqlalchemy_url(settings), pool_pre_ping=True, hide_parameters=True)
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 
 from ordercancel.domain import CancelledBy, PaymentStatus, ProductionStatus
 from ordercancel.events import (
@@ -29,6 +29,9 @@ from ordercancel.events import (
 )
 from ordercancel.storage.database import as_utc, utcnow
 from ordercancel.storage.schema import (
+    DELIVERED,
+    FAILED,
+    PENDING,
     api_keys,
     orders,
     webhook_attempts,
@@ -36,11 +39,10 @@ from ordercancel.storage.schema import (
     webhook_endpoints,
     webhook_events,
 )
-from ordercancel.storage.service import InvalidValue, OrderNotFound
+from ordercancel.storage.service import InvalidValue, OrderNotFound, disable_endpoints
 
 Clock = Callable[[], datetime]
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 #: How long both secrets sign after a rotation.
 ROTATION_OVERLAP = timedelta(hours=24)
 #: Most endpoints one API key may have: each one multiplies every event's deliveries.
@@ -130,29 +132,38 @@ def add_endpoint(
 
 def _scoped(endpoint_id: str, api_key_id: int | None, operator: bool) -> Any:
     """The condition that finds an endpoint its asker may see: an operator any, an integrator its own."""
-    named = webhook_endpoints.c.endpoint_id == endpoint_id.strip()
+    named = and_(webhook_endpoints.c.endpoint_id == endpoint_id.strip(), webhook_endpoints.c.removed_at.is_(None))
     return named if operator else and_(named, webhook_endpoints.c.api_key_id == api_key_id)
 
 
 def list_endpoints(engine: Engine, *, api_key_id: int | None = None, operator: bool = False) -> list[Endpoint]:
     """The endpoints an operator sees (all), or an integrator's own."""
-    query = select(webhook_endpoints).order_by(webhook_endpoints.c.id)
+    query = select(webhook_endpoints).where(webhook_endpoints.c.removed_at.is_(None)).order_by(webhook_endpoints.c.id)
     if not operator:
         query = query.where(webhook_endpoints.c.api_key_id == api_key_id)
     with engine.connect() as connection:
         return [_endpoint(row) for row in connection.execute(query)]
 
 
-def remove_endpoint(engine: Engine, endpoint_id: str, *, api_key_id: int | None = None, operator: bool = False) -> None:
-    """Remove an endpoint with its deliveries and their attempts: nothing more is sent to it."""
+def remove_endpoint(
+    engine: Engine, endpoint_id: str, *, api_key_id: int | None = None, operator: bool = False, clock: Clock = utcnow
+) -> None:
+    """Remove an endpoint: nothing more is sent to it, and it is listed nowhere any more.
+
+    The row stays, disabled: deleting it would fail any change committing a delivery to it at
+    that moment (the trigger saw it a moment before), and a removal racing such a change.
+    """
+    now = clock()
     with engine.begin() as connection:
-        ref = connection.scalar(select(webhook_endpoints.c.id).where(_scoped(endpoint_id, api_key_id, operator)))
+        ref = connection.scalar(
+            update(webhook_endpoints)
+            .where(_scoped(endpoint_id, api_key_id, operator))
+            .values(removed_at=now)
+            .returning(webhook_endpoints.c.id)
+        )
         if ref is None:
             raise EndpointNotFound(f"no webhook endpoint {endpoint_id.strip()[:64]!r}")
-        deliveries = select(webhook_deliveries.c.id).where(webhook_deliveries.c.endpoint_ref == ref)
-        connection.execute(delete(webhook_attempts).where(webhook_attempts.c.delivery_ref.in_(deliveries)))
-        connection.execute(delete(webhook_deliveries).where(webhook_deliveries.c.endpoint_ref == ref))
-        connection.execute(delete(webhook_endpoints).where(webhook_endpoints.c.id == ref))
+        disable_endpoints(connection, webhook_endpoints.c.id == ref, now, "removed")
 
 
 def rotate_secret(engine: Engine, endpoint_id: str, *, clock: Clock = utcnow) -> tuple[Endpoint, str]:
@@ -217,6 +228,7 @@ def list_deliveries(engine: Engine, *, endpoint_id: str | None = None, limit: in
         .join(ev, ev.c.id == d.c.event_ref)
         .join(ep, ep.c.id == d.c.endpoint_ref)
         .join(orders, orders.c.id == ev.c.order_ref)
+        .where(ep.c.removed_at.is_(None))
         .order_by(d.c.id.desc())
         .limit(limit)
     )
@@ -311,6 +323,8 @@ class Due:
     operator: bool
     endpoint_ref: int
     event: Event
+    #: The claim's lease: the attempt's result is recorded against it, and only while it holds.
+    lease_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +339,8 @@ class Result:
     #: The next attempt's time; None: no more attempts (delivered, or failed for good).
     retry_at: datetime | None
     delivered: bool
+    #: The claim's lease (Due.lease_until): another dispatcher's newer claim is not overwritten.
+    lease_until: datetime
     #: The endpoint answered 410 Gone: disable it.
     gone_endpoint: int | None = None
 
@@ -362,6 +378,12 @@ def _is_due(now: datetime) -> Any:
 
 def _claim(connection: Connection, now: datetime, lease_until: datetime, limit: int) -> list[Due]:
     d, ev, ep = webhook_deliveries, webhook_events, webhook_endpoints
+    # A change that committed while its endpoint was being disabled (removed, revoked, 410) may
+    # have given it a delivery after the others were failed: fail it too, never send it.
+    disabled = select(ep.c.id).where(ep.c.disabled_at.is_not(None)).scalar_subquery()
+    connection.execute(
+        update(d).where(d.c.state == PENDING, d.c.endpoint_ref.in_(disabled)).values(state=FAILED, finished_at=now)
+    )
     due = select(d.c.id).where(_is_due(now)).order_by(d.c.due_at).limit(limit)
     if connection.dialect.name == "postgresql":
         # The rows are picked (and locked) once, in a materialized CTE: PostgreSQL may run an
@@ -429,6 +451,7 @@ def _claim(connection: Connection, now: datetime, lease_until: datetime, limit: 
                 row.endpoint_key is None,
                 row.endpoint_ref,
                 _event(row),
+                lease_until,
             )
         )
     return work
@@ -436,7 +459,12 @@ def _claim(connection: Connection, now: datetime, lease_until: datetime, limit: 
 
 _SETTLE = (
     update(webhook_deliveries)
-    .where(webhook_deliveries.c.id == bindparam("delivery"), webhook_deliveries.c.state == PENDING)
+    .where(
+        webhook_deliveries.c.id == bindparam("delivery"),
+        webhook_deliveries.c.state == PENDING,
+        # Past its lease another dispatcher may hold it: that one's claim is not ours to settle.
+        webhook_deliveries.c.lease_until == bindparam("lease"),
+    )
     .values(
         state=bindparam("state"),
         attempts=webhook_deliveries.c.attempts + 1,
@@ -448,14 +476,6 @@ _SETTLE = (
 
 
 def _settle(connection: Connection, results: Sequence[Result]) -> None:
-    if not results:
-        return
-    existing = set(
-        connection.scalars(
-            select(webhook_deliveries.c.id).where(webhook_deliveries.c.id.in_([r.delivery_id for r in results]))
-        )
-    )
-    results = [result for result in results if result.delivery_id in existing]  # an endpoint removed meanwhile
     if not results:
         return
     connection.execute(
@@ -476,6 +496,7 @@ def _settle(connection: Connection, results: Sequence[Result]) -> None:
         [
             {
                 "delivery": r.delivery_id,
+                "lease": r.lease_until,
                 "state": DELIVERED if r.delivered else PENDING if r.retry_at is not None else FAILED,
                 "due": r.retry_at or r.at,
                 "finished": None if r.retry_at is not None else r.at,
@@ -485,17 +506,8 @@ def _settle(connection: Connection, results: Sequence[Result]) -> None:
     )
     for endpoint_ref in {r.gone_endpoint for r in results if r.gone_endpoint is not None}:
         at = max(r.at for r in results if r.gone_endpoint == endpoint_ref)
-        connection.execute(
-            update(webhook_endpoints)
-            .where(webhook_endpoints.c.id == endpoint_ref, webhook_endpoints.c.disabled_at.is_(None))
-            .values(disabled_at=at, disabled_reason="answered 410 Gone")
-        )
         # Nothing more goes to it: its other pending deliveries fail now rather than wait.
-        connection.execute(
-            update(webhook_deliveries)
-            .where(webhook_deliveries.c.endpoint_ref == endpoint_ref, webhook_deliveries.c.state == PENDING)
-            .values(state=FAILED, lease_until=None, finished_at=at)
-        )
+        disable_endpoints(connection, webhook_endpoints.c.id == endpoint_ref, at, "answered 410 Gone")
 
 
 def settle_and_claim(
@@ -514,14 +526,12 @@ def has_due(engine: Engine, now: datetime) -> bool:
 
 
 def backlog(engine: Engine, *, clock: Clock = utcnow) -> tuple[int, float]:
-    """Pending deliveries, and the age in seconds of the oldest event among them (0: none)."""
-    d, ev = webhook_deliveries, webhook_events
+    """Pending deliveries, and how long the oldest of them has waited, in seconds (0: none).
+
+    A delivery waits from its event (a replay's, from the replay): an old event sent again is not old news.
+    """
+    d = webhook_deliveries
     with engine.connect() as connection:
-        row = connection.execute(
-            select(func.count(), func.min(ev.c.occurred_at))
-            .select_from(d)
-            .join(ev, ev.c.id == d.c.event_ref)
-            .where(d.c.state == PENDING)
-        ).one()
+        row = connection.execute(select(func.count(), func.min(d.c.created_at)).where(d.c.state == PENDING)).one()
     oldest = as_utc(row[1])
     return int(row[0]), 0.0 if oldest is None else max(0.0, (clock() - oldest).total_seconds())

@@ -131,9 +131,11 @@ webhook_endpoints = Table(
     Column("previous_secret", String(128)),
     Column("previous_secret_until", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    # Set when the endpoint answered 410 Gone: nothing more is sent to it.
+    # Set when nothing more is sent to it: it answered 410 Gone, its API code was revoked, or it was removed.
     Column("disabled_at", DateTime(timezone=True)),
     Column("disabled_reason", Text),
+    # Removed (kept, disabled, so that a change racing the removal never meets a missing row).
+    Column("removed_at", DateTime(timezone=True)),
 )
 
 # The outbox: one row per change of an order, the order as it is after the change and what moved.
@@ -159,6 +161,9 @@ webhook_events = Table(
     Column("cancelled_by_operator", Text),
     UniqueConstraint("order_ref", "sequence", name="uq_webhook_events_order_ref_sequence"),
 )
+
+#: The states of a delivery (webhook_deliveries.state).
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 # One event to one endpoint: pending until a 2xx answer (delivered) or the schedule runs out (failed).
 webhook_deliveries = Table(

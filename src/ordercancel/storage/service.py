@@ -38,7 +38,16 @@ from ordercancel.domain import (
     statuses_before,
 )
 from ordercancel.storage.database import as_utc, utcnow
-from ordercancel.storage.schema import api_keys, cancellation_attempts, idempotency_keys, orders
+from ordercancel.storage.schema import (
+    FAILED,
+    PENDING,
+    api_keys,
+    cancellation_attempts,
+    idempotency_keys,
+    orders,
+    webhook_deliveries,
+    webhook_endpoints,
+)
 from ordercancel.storage.steps import cancellable_condition
 
 Clock = Callable[[], datetime]
@@ -125,10 +134,32 @@ def active_key_id(connection: Connection, environment: Environment, api_code: st
 
 
 def revoke_key(engine: Engine, environment: Environment, api_code: str, *, clock: Clock = utcnow) -> None:
-    """Revoke an API code: from now on it is answered 401."""
+    """Revoke an API code: from now on it is answered 401, and its webhook endpoints are sent nothing more."""
+    now = clock()
     with engine.begin() as connection:
         key_id = active_key_id(connection, environment, api_code)
-        connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=clock()))
+        connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now))
+        # An endpoint registered with a leaked code must not go on hearing of the tenant's orders.
+        disable_endpoints(connection, webhook_endpoints.c.api_key_id == key_id, now, "API code revoked")
+
+
+def disable_endpoints(connection: Connection, which: ColumnElement[bool], at: datetime, reason: str) -> list[int]:
+    """Send nothing more to the endpoints picked: disable them (saying why) and fail their pending deliveries."""
+    refs = list(
+        connection.scalars(
+            update(webhook_endpoints)
+            .where(which, webhook_endpoints.c.disabled_at.is_(None))
+            .values(disabled_at=at, disabled_reason=reason)
+            .returning(webhook_endpoints.c.id)
+        )
+    )
+    if refs:
+        connection.execute(
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.endpoint_ref.in_(refs), webhook_deliveries.c.state == PENDING)
+            .values(state=FAILED, lease_until=None, finished_at=at)
+        )
+    return refs
 
 
 #: The policy word that removes a key's own rate policy, so that it follows the setting again.

@@ -28,6 +28,9 @@ CHANGED = (
     "old.status IS DISTINCT FROM new.status OR old.payment_status IS DISTINCT FROM new.payment_status "
     "OR old.engineer IS DISTINCT FROM new.engineer"
 )
+# MAX(sequence) + 1 and the fan-out's MAX(id) are safe because the change holds the order's row
+# lock until it commits: changes of one order are serialised (PostgreSQL takes a fresh snapshot for
+# each statement of the function; SQLite has one writer).
 #: Which event a change is: one event per change (a cancellation is announced as order.cancelled).
 TYPE = (
     f"CASE WHEN new.status = 'Cancelled' AND old.status <> 'Cancelled' THEN '{EventType.CANCELLED.value}' "
@@ -75,6 +78,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("disabled_at", sa.DateTime(timezone=True)),
         sa.Column("disabled_reason", sa.Text),
+        sa.Column("removed_at", sa.DateTime(timezone=True)),
     )
     op.create_table(
         "webhook_events",
