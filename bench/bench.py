@@ -287,6 +287,21 @@ def load(port: int, duration: int, **lua_env: str) -> dict[str, Any]:
     raise SystemExit(f"bench: wrk printed no BENCH line:\n{output}")
 
 
+def load_seeded(plan: Plan, port: int, seeded: Seeded, fmt: str) -> dict[str, Any]:
+    """Load the served database's seeded orders, each named once, in one format."""
+    return load(
+        port,
+        wrk_seconds(plan, seeded.count),
+        api_code=seeded.api_code,
+        format=fmt,
+        prefix=seeded.prefix,
+        width=str(WIDTH),
+        first="0",
+        count=str(seeded.count),
+        seconds=str(plan.seconds),
+    )
+
+
 def wrk_seconds(plan: Plan, count: int) -> int:
     """Bound wrk's run: the plan's time (or sooner, when the count orders run out), then the drain.
 
@@ -327,17 +342,7 @@ def cancel_scenario(
     port = free_port()
     with serving(serve_command(port), service_env(database_url) | (env or {}), port) as pid:
         cpu_before = cpu_seconds(pid)
-        report = load(
-            port,
-            wrk_seconds(plan, seeded.count),
-            api_code=seeded.api_code,
-            format=fmt,
-            prefix=seeded.prefix,
-            width=str(WIDTH),
-            first="0",
-            count=str(seeded.count),
-            seconds=str(plan.seconds),
-        )
+        report = load_seeded(plan, port, seeded, fmt)
         rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
     result = result_from(scenario, seeded.count, report, rss, cpu)
     check_cancellations(result, report, database_url, seeded)
@@ -927,17 +932,7 @@ def webhook_scenario(plan: Plan, seeded: Seeded, workdir: Path) -> Result:
         port = free_port()
         with serving(serve_command(port), env, port) as pid:
             cpu_before = cpu_seconds(pid)
-            report = load(
-                port,
-                wrk_seconds(plan, seeded.count),
-                api_code=seeded.api_code,
-                format="json",
-                prefix=seeded.prefix,
-                width=str(WIDTH),
-                first="0",
-                count=str(seeded.count),
-                seconds=str(plan.seconds),
-            )
+            report = load_seeded(plan, port, seeded, "json")
             rss, cpu = rss_mib(pid), cpu_seconds(pid) - cpu_before
             backlog = count_rows(database_url, PENDING)
             drain = wait_for_empty_backlog(database_url, WEBHOOK_BACKLOG_WAIT)
