@@ -19,7 +19,7 @@ from ordercancel.cli import main
 from ordercancel.config import Environment, Settings
 from ordercancel.delivery import Dispatcher
 from ordercancel.events import EventType
-from ordercancel.storage import database, outbox, service
+from ordercancel.storage import outbox, service
 from ordercancel.storage.database import utcnow
 from tests.support.receiver import Delivery, Receiver
 
@@ -35,13 +35,6 @@ def settings(migrated_sqlite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ORDERCANCEL_ENVIRONMENT", "sandbox")
     monkeypatch.setenv("ORDERCANCEL_WEBHOOK_ALLOW_PRIVATE", "1")
     return Settings(database_url=f"sqlite:///{path}", environment=Environment.SANDBOX)
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    engine = database.create_sync_engine(settings)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
