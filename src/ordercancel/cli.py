@@ -236,11 +236,9 @@ def _print_secret(endpoint: outbox.Endpoint, secret: str, as_json: bool) -> None
 def cmd_webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
     engine = _engine(settings)
     url = _registrable(settings, args.url)
-    key_id = None
-    if args.api_code is not None:
-        with engine.connect() as connection:
-            key_id = service.active_key_id(connection, settings.environment, args.api_code)
-    endpoint, secret = outbox.add_endpoint(engine, url, api_key_id=key_id, types=_event_list(args.events))
+    endpoint, secret = outbox.add_endpoint_for_code(
+        engine, settings.environment, url, api_code=args.api_code, types=_event_list(args.events)
+    )
     _print_secret(endpoint, secret, args.json)
     return 0
 

@@ -14,7 +14,7 @@ import limits
 from limits import RateLimitItem
 
 from ordercancel.domain import MAX_WINDOW, parse_guid
-from ordercancel.events import DEFAULT_SCHEDULE
+from ordercancel.events import DEFAULT_SCHEDULE, DEFAULT_TIMEOUT
 
 DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
 #: The shortest admin token accepted: a shorter one could be guessed.
@@ -98,7 +98,7 @@ class Settings:
     #: Seconds before each retry of a failed webhook delivery; after the last, it has failed.
     webhook_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     #: Seconds one delivery attempt may take, from connecting to the end of the answer.
-    webhook_timeout: float = 15.0
+    webhook_timeout: float = DEFAULT_TIMEOUT
     #: Whether `serve` runs a webhook dispatcher in each process (off: `ordercancel dispatch` does).
     webhook_dispatcher: bool = True
 

@@ -37,6 +37,7 @@ from ordercancel.client.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_H
 from ordercancel.config import Environment, Settings
 from ordercancel.events import (
     DEFAULT_SCHEDULE,
+    DEFAULT_TIMEOUT,
     InvalidSubscription,
     check_url,
     forbidden_address,
@@ -51,8 +52,6 @@ log = logging.getLogger("ordercancel.webhooks")
 USER_AGENT = f"ordercancel/{__version__}"
 #: Most of an answer read (and then dropped): a receiver's answer matters only by its status.
 MAX_ANSWER = 64 * 1024
-#: Seconds one attempt may take, from connecting to the end of the answer.
-DEFAULT_TIMEOUT = 15.0
 #: Deliveries one dispatcher has in flight at once.
 CONCURRENCY = 32
 #: Connection pools a dispatcher spreads its requests over, each request to the least busy. httpcore's

@@ -145,6 +145,9 @@ def payload(event: Event, *, operator: bool) -> dict[str, object]:
 
 # Retries ---------------------------------------------------------------------------------------
 
+#: Seconds one delivery attempt may take, from connecting to the end of the answer.
+DEFAULT_TIMEOUT = 15.0
+
 #: Seconds before each retry after a failed attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 #: Each delay is moved by up to this fraction either way, so that retries do not arrive in step.

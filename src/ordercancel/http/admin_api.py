@@ -251,15 +251,15 @@ class AdminApi:
             checked = await registrable_url(url, self._settings)
         except InvalidSubscription as error:
             raise service.InvalidValue(str(error)) from None
-        endpoint, secret = await asyncio.to_thread(self._add_endpoint, checked, fields["apiCode"], types)
+        endpoint, secret = await asyncio.to_thread(
+            outbox.add_endpoint_for_code,
+            self._engine,
+            self._settings.environment,
+            checked,
+            api_code=fields["apiCode"],
+            types=types,
+        )
         return _json(201, {**endpoint.fields(), "secret": secret})
-
-    def _add_endpoint(self, url: str, api_code: str | None, types: list[str] | None) -> tuple[outbox.Endpoint, str]:
-        key_id = None
-        if api_code is not None:
-            with self._engine.connect() as connection:
-                key_id = service.active_key_id(connection, self._settings.environment, api_code)
-        return outbox.add_endpoint(self._engine, url, api_key_id=key_id, types=types)
 
     async def _list_webhooks(self, request: Request) -> Response:
         endpoints = await asyncio.to_thread(outbox.list_endpoints, self._engine, operator=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 
+from ordercancel.config import Environment
 from ordercancel.domain import CancelledBy, PaymentStatus, ProductionStatus
 from ordercancel.events import (
     Event,
@@ -39,7 +40,7 @@ from ordercancel.storage.schema import (
     webhook_endpoints,
     webhook_events,
 )
-from ordercancel.storage.service import InvalidValue, OrderNotFound, disable_endpoints
+from ordercancel.storage.service import InvalidValue, OrderNotFound, active_key_id, disable_endpoints
 
 Clock = Callable[[], datetime]
 
@@ -128,6 +129,17 @@ def add_endpoint(
             select(webhook_endpoints).where(webhook_endpoints.c.endpoint_id == values["endpoint_id"])
         ).one()
     return _endpoint(row), secret
+
+
+def add_endpoint_for_code(
+    engine: Engine, environment: Environment, url: str, *, api_code: str | None, types: Sequence[str] | None = None
+) -> tuple[Endpoint, str]:
+    """Register an endpoint as an operator does: for the API code given (its orders), or for every order (None)."""
+    key_id = None
+    if api_code is not None:
+        with engine.connect() as connection:
+            key_id = active_key_id(connection, environment, api_code)
+    return add_endpoint(engine, url, api_key_id=key_id, types=types)
 
 
 def _scoped(endpoint_id: str, api_key_id: int | None, operator: bool) -> Any:
